@@ -1,0 +1,124 @@
+"""Install mmvitmix.
+
+The OpenMMLab stack (torch, mmengine, mmcv with ops, mmdet, mmseg,
+mmpretrain) is installed by ``tools/install_env.sh`` (or already present on a
+user's machine); this file installs the package itself, editable with
+``pip install --no-build-isolation -e .``.
+"""
+import os
+import re
+
+from setuptools import find_packages, setup
+
+
+def get_version():
+    with open(os.path.join('mmvitmix', 'version.py')) as f:
+        return re.search(r"__version__ = '([^']+)'", f.read()).group(1)
+
+
+def read_requirements(name):
+    path = os.path.join('requirements', name)
+    with open(path) as f:
+        return [
+            line.strip() for line in f
+            if line.strip() and not line.startswith('#')
+        ]
+
+
+def _cuda_include_dirs():
+    """CUDA headers shipped in pip wheels (``nvidia/cu13/include``).
+
+    Some CUDA toolkits lack headers that torch's own headers include
+    (cusparse.h); the ``nvidia-*`` wheels torch depends on carry them.
+    """
+    import importlib.util
+    spec = importlib.util.find_spec('nvidia')
+    dirs = []
+    for root in (spec.submodule_search_locations or []) if spec else []:
+        inc = os.path.join(root, 'cu13', 'include')
+        if os.path.isdir(inc):
+            dirs.append(inc)
+    return dirs
+
+
+def get_extensions():
+    """The fused attention ops, ``mmvitmix._ext`` (mmcv's source layout).
+
+    CPU kernels are always built (``CppExtension``); the CUDA kernels are
+    added (``CUDAExtension``) where CUDA is available or ``FORCE_CUDA=1``,
+    for the architectures in ``TORCH_CUDA_ARCH_LIST`` (default
+    ``8.0;9.0``). Without torch (e.g. only reading the metadata) nothing is
+    built and the package falls back to its PyTorch reference ops.
+    """
+    if (os.environ.get('CUDA_HOME') is None
+            and os.path.exists('/usr/local/cuda/bin/nvcc')):
+        # torch otherwise guesses the prefix of the first nvcc on PATH,
+        # which may be a wrapper script outside the toolkit
+        os.environ['CUDA_HOME'] = '/usr/local/cuda'
+    try:
+        import torch
+        from torch.utils.cpp_extension import (BuildExtension, CppExtension,
+                                               CUDAExtension)
+    except ImportError:
+        return [], {}
+    from glob import glob
+    csrc = os.path.join('mmvitmix', 'ops', 'csrc')
+    sources = sorted(glob(os.path.join(csrc, 'pytorch', '*.cpp')) +
+                     glob(os.path.join(csrc, 'pytorch', 'cpu', '*.cpp')))
+    include_dirs = [
+        os.path.abspath(os.path.join(csrc, 'common')),
+        os.path.abspath(os.path.join(csrc, 'pytorch'))
+    ]
+    # at::parallel_for is OpenMP inside the headers: without -fopenmp the
+    # kernels would run on one thread
+    cxx_flags = ['-O3', '-fopenmp']
+    define_macros = []
+    with_cuda = (torch.cuda.is_available()
+                 or os.environ.get('FORCE_CUDA', '0') == '1')
+    if with_cuda:
+        os.environ.setdefault('TORCH_CUDA_ARCH_LIST', '8.0;9.0')
+        sources += sorted(glob(os.path.join(csrc, 'pytorch', 'cuda', '*.cu')))
+        include_dirs += _cuda_include_dirs()
+        define_macros.append(('MMVITMIX_WITH_CUDA', None))
+        ext = CUDAExtension(
+            'mmvitmix._ext',
+            sources,
+            include_dirs=include_dirs,
+            define_macros=define_macros,
+            extra_compile_args=dict(
+                cxx=cxx_flags,
+                nvcc=['-O3', '-std=c++17', '--expt-relaxed-constexpr']),
+            extra_link_args=['-fopenmp'])
+    else:
+        ext = CppExtension(
+            'mmvitmix._ext',
+            sources,
+            include_dirs=include_dirs,
+            define_macros=define_macros,
+            extra_compile_args=dict(cxx=cxx_flags),
+            extra_link_args=['-fopenmp'])
+    return [ext], dict(build_ext=BuildExtension)
+
+
+ext_modules, cmdclass = get_extensions()
+
+setup(
+    name='mmvitmix',
+    version=get_version(),
+    description='RMT, ResT, Container-Light and RIFormer backbones for '
+    'MMDetection, MMSegmentation and MMPretrain',
+    long_description=open('README.md').read() if os.path.exists('README.md') else '',
+    long_description_content_type='text/markdown',
+    license='Apache License 2.0',
+    packages=find_packages(exclude=('configs', 'tools', 'tests', 'docs')),
+    include_package_data=True,
+    python_requires='>=3.8',
+    install_requires=read_requirements('runtime.txt'),
+    extras_require=dict(
+        det=['mmdet>=3.0.0,<4.0.0'],
+        seg=['mmsegmentation>=1.0.0,<2.0.0'],
+        cls=['mmpretrain>=1.0.0,<2.0.0'],
+        tests=read_requirements('tests.txt')),
+    ext_modules=ext_modules,
+    cmdclass=cmdclass,
+    zip_safe=False)

@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# Install the OpenMMLab stack that mmvitmix needs, on a fresh machine or an existing one.
+# Idempotent: each step is skipped when the pinned version is already importable.
+# Recipe and traps: docs/get_started.md (measured on a 2-core machine without a GPU).
+set -euo pipefail
+PY=${PYTHON:-python3}
+cd "$(dirname "$0")/.."
+
+have() {  # have <module> <version>: true when the module imports and reports that version
+  "$PY" - "$1" "$2" <<'PYEOF' 2>/dev/null
+import importlib, sys
+mod, want = sys.argv[1], sys.argv[2]
+m = importlib.import_module(mod)
+v = getattr(m, '__version__', '')
+sys.exit(0 if v.split('+')[0] == want else 1)
+PYEOF
+}
+pipi() { "$PY" -m pip install --progress-bar off "$@"; }
+step() { echo "[install_env] $*"; }
+
+# 1. torch: the registry's default (CUDA) build. The CPU-only wheel that local find-links offers
+#    has no matching torchvision, and mmpretrain needs torchvision.ops.
+if have torch 2.13.0 && have torchvision 0.28.0 && "$PY" -c "import torchvision.ops" 2>/dev/null; then
+  step "torch 2.13.0 + torchvision 0.28.0 present"
+else
+  step "installing torch 2.13.0 (CUDA build, runs on CPU) + torchvision 0.28.0"
+  pipi "torch==2.13.0,!=2.13.0+cpu" "torchvision==0.28.0"
+fi
+
+# 2. build tools for mmcv: its setup.py imports pkg_resources (gone in setuptools>=81).
+if "$PY" -c "import setuptools,sys; v=tuple(int(x) for x in setuptools.__version__.split('.')[:2]); sys.exit(0 if (77,0)<=v<(81,0) else 1)" \
+   && "$PY" -c "import ninja, wheel" 2>/dev/null; then
+  step "setuptools/ninja/wheel present"
+else
+  pipi "setuptools>=77,<81" ninja wheel
+fi
+
+# 3. mmengine
+have mmengine 0.10.7 || pipi mmengine==0.10.7
+
+# 4. mmcv 2.1.0 compiled with its ops (no wheel exists for this torch); ~9 min on 2 cores.
+if have mmcv 2.1.0 && "$PY" -c "import mmcv.ops" 2>/dev/null; then
+  step "mmcv 2.1.0 with ops present"
+else
+  step "compiling mmcv 2.1.0 with ops (about 10 minutes on 2 cores)"
+  MMCV_WITH_OPS=1 MAX_JOBS=${MAX_JOBS:-2} pipi --no-build-isolation --no-cache-dir mmcv==2.1.0
+fi
+
+# 5. downstream toolboxes and test tools
+have mmdet 3.3.0 || pipi mmdet==3.3.0
+have mmseg 1.2.2 || pipi mmsegmentation==1.2.2
+have mmpretrain 1.2.0 || pipi mmpretrain==1.2.0
+"$PY" -c "import pycocotools, pytest, ftfy, regex" 2>/dev/null || pipi pycocotools pytest ftfy regex
+
+# 6. this package, editable (builds its compiled ops when their sources are present).
+#    The check runs outside the repository, where only an installed mmvitmix can be imported.
+REPO=$(pwd)
+if (cd / && "$PY" -c "import mmvitmix, pathlib, sys; sys.exit(0 if pathlib.Path(mmvitmix.__file__).resolve().parent == pathlib.Path('$REPO/mmvitmix').resolve() else 1)") 2>/dev/null \
+   && [ -z "${MMVITMIX_REINSTALL:-}" ]; then
+  step "mmvitmix (editable) present"
+else
+  step "installing mmvitmix (editable)"
+  pipi --no-build-isolation --no-deps -e .
+fi
+step "done"
