@@ -1,0 +1,523 @@
+"""RMT: Retentive Networks Meet Vision Transformers (CVPR 2024).
+
+Qihang Fan, Huaibo Huang, Mingrui Chen, Hongmin Liu, Ran He.
+https://arxiv.org/abs/2309.11523 ::
+
+    @inproceedings{fan2024rmt,
+      title={RMT: Retentive Networks Meet Vision Transformers},
+      author={Fan, Qihang and Huang, Huaibo and Chen, Mingrui and Liu, Hongmin
+              and He, Ran},
+      booktitle={CVPR}, year={2024}}
+
+The architecture follows the official release (qhfan/RMT,
+``classfication_release/RMT.py``): a four-conv stem, stages of retention
+blocks (conditional position encoding, Manhattan Self-Attention with an
+explicit spatial decay γ^distance plus a 5×5 depthwise LePE, and a conv FFN),
+3×3/2 conv + BatchNorm downsampling between stages. Early stages decompose
+the attention along W then H; late stages attend over all H·W tokens.
+
+Official ImageNet checkpoints (``{'model': VisRetNet state_dict}``) are
+converted by :func:`convert_rmt`, at load time or with
+``tools/model_converters/rmt2mmvitmix.py``.
+"""
+import math
+from typing import Dict, List, Optional, Sequence, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import torch.utils.checkpoint as cp
+from mmcv.cnn import build_norm_layer
+from mmcv.cnn.bricks import DropPath
+from mmengine.model.weight_init import trunc_normal_
+from torch import Tensor
+
+from mmvitmix.ops.retention import retention_attention
+from mmvitmix.registry import MODELS
+from .base import (VitMixBackbone, check_all_consumed, normalize_out_indices,
+                   strip_prefix_if_all, unwrap_state_dict)
+
+# --------------------------------------------------------------------------
+# building blocks
+# --------------------------------------------------------------------------
+
+
+def rotate_every_two(x: Tensor) -> Tensor:
+    """(x0, x1, x2, x3, ...) -> (-x1, x0, -x3, x2, ...) on the last dim."""
+    x1 = x[..., ::2]
+    x2 = x[..., 1::2]
+    return torch.stack([-x2, x1], dim=-1).flatten(-2)
+
+
+def theta_shift(x: Tensor, sin: Tensor, cos: Tensor) -> Tensor:
+    """Rotary position shift with per-token ``sin``/``cos`` tables."""
+    return x * cos + rotate_every_two(x) * sin
+
+
+class DWConv2d(nn.Module):
+    """Depthwise conv on a channels-last (B, H, W, C) tensor."""
+
+    def __init__(self, channels: int, kernel_size: int):
+        super().__init__()
+        self.conv = nn.Conv2d(
+            channels,
+            channels,
+            kernel_size,
+            padding=kernel_size // 2,
+            groups=channels)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.conv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+
+
+class RetentionRelPos(nn.Module):
+    """Rotary angles and per-head spatial decay of one stage.
+
+    ``log_decay[h] = log(1 - 2 ** (-initial_value - heads_range * h / heads))``
+    (official ``RetNetRelPos2d``). Both tables are persistent buffers so an
+    official checkpoint's values are loaded, as the official code does.
+    """
+
+    def __init__(self, embed_dims: int, num_heads: int, initial_value: float,
+                 heads_range: float):
+        super().__init__()
+        key_dim = embed_dims // num_heads
+        angle = 1.0 / (10000**torch.linspace(0, 1, key_dim // 2))
+        angle = angle.unsqueeze(-1).repeat(1, 2).flatten()
+        log_decay = torch.log(1 - 2**(
+            -initial_value -
+            heads_range * torch.arange(num_heads, dtype=torch.float) /
+            num_heads))
+        self.register_buffer('angle', angle)
+        self.register_buffer('log_decay', log_decay)
+
+    def forward(self, height: int, width: int, dtype: torch.dtype):
+        """sin/cos tables (H, W, Dk) over the row-major token index."""
+        index = torch.arange(height * width).to(self.angle)
+        phase = index[:, None] * self.angle[None, :]
+        sin = torch.sin(phase).reshape(height, width, -1).to(dtype)
+        cos = torch.cos(phase).reshape(height, width, -1).to(dtype)
+        return sin, cos
+
+
+class RetentionAttention(nn.Module):
+    """Manhattan Self-Attention with LePE (decomposed or whole)."""
+
+    def __init__(self, embed_dims: int, num_heads: int, decomposed: bool):
+        super().__init__()
+        self.num_heads = num_heads
+        self.decomposed = decomposed
+        self.key_dim = embed_dims // num_heads
+        self.scaling = self.key_dim**-0.5
+        self.q_proj = nn.Linear(embed_dims, embed_dims)
+        self.k_proj = nn.Linear(embed_dims, embed_dims)
+        self.v_proj = nn.Linear(embed_dims, embed_dims)
+        self.lepe = DWConv2d(embed_dims, 5)
+        self.out_proj = nn.Linear(embed_dims, embed_dims)
+
+    def forward(self, x: Tensor, sin: Tensor, cos: Tensor,
+                log_decay: Tensor) -> Tensor:
+        bsz, height, width, _ = x.shape
+        q = self.q_proj(x)
+        k = self.k_proj(x) * self.scaling
+        v = self.v_proj(x)
+        lepe = self.lepe(v)
+        # (B, H, W, C) -> (B, heads, H, W, D)
+        q = q.view(bsz, height, width, self.num_heads, -1).permute(0, 3, 1, 2, 4)
+        k = k.view(bsz, height, width, self.num_heads, -1).permute(0, 3, 1, 2, 4)
+        v = v.view(bsz, height, width, self.num_heads, -1).permute(0, 3, 1, 2, 4)
+        q = theta_shift(q, sin, cos)
+        k = theta_shift(k, sin, cos)
+        out = retention_attention(q, k, v, log_decay, self.decomposed)
+        out = out.permute(0, 2, 3, 1, 4).flatten(-2)  # (B, H, W, C)
+        return self.out_proj(out + lepe)
+
+
+class ConvFFN(nn.Module):
+    """fc1 -> GELU -> (x + DWConv3x3(x)) -> fc2, channels-last."""
+
+    def __init__(self, embed_dims: int, hidden_dims: int):
+        super().__init__()
+        self.fc1 = nn.Linear(embed_dims, hidden_dims)
+        self.dwconv = DWConv2d(hidden_dims, 3)
+        self.fc2 = nn.Linear(hidden_dims, embed_dims)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = F.gelu(self.fc1(x))
+        x = x + self.dwconv(x)
+        return self.fc2(x)
+
+
+class RetBlock(nn.Module):
+    """CPE -> x + attn(norm1(x)) -> x + ffn(norm2(x)), optional layer scale."""
+
+    def __init__(self,
+                 embed_dims: int,
+                 num_heads: int,
+                 ffn_dims: int,
+                 decomposed: bool,
+                 drop_path: float = 0.,
+                 layerscale: bool = False,
+                 layer_init_value: float = 1e-6):
+        super().__init__()
+        ln = dict(type='LN', eps=1e-6)
+        self.cpe = DWConv2d(embed_dims, 3)
+        self.norm1 = build_norm_layer(ln, embed_dims)[1]
+        self.attn = RetentionAttention(embed_dims, num_heads, decomposed)
+        self.norm2 = build_norm_layer(ln, embed_dims)[1]
+        self.ffn = ConvFFN(embed_dims, ffn_dims)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.layerscale = layerscale
+        if layerscale:
+            self.gamma1 = nn.Parameter(layer_init_value * torch.ones(embed_dims))
+            self.gamma2 = nn.Parameter(layer_init_value * torch.ones(embed_dims))
+
+    def forward(self, x: Tensor, sin: Tensor, cos: Tensor,
+                log_decay: Tensor) -> Tensor:
+        x = x + self.cpe(x)
+        y = self.attn(self.norm1(x), sin, cos, log_decay)
+        if self.layerscale:
+            y = self.gamma1 * y
+        x = x + self.drop_path(y)
+        y = self.ffn(self.norm2(x))
+        if self.layerscale:
+            y = self.gamma2 * y
+        return x + self.drop_path(y)
+
+
+class Downsample(nn.Module):
+    """3×3 stride-2 conv + norm between stages (channels-last in and out)."""
+
+    def __init__(self, in_dims: int, out_dims: int, norm_cfg: dict):
+        super().__init__()
+        self.conv = nn.Conv2d(in_dims, out_dims, 3, 2, 1)
+        self.norm = build_norm_layer(norm_cfg, out_dims)[1]
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.norm(self.conv(x.permute(0, 3, 1, 2).contiguous()))
+        return x.permute(0, 2, 3, 1)
+
+
+class RMTStage(nn.Module):
+    """Optional downsampling, the stage's decay tables and its blocks."""
+
+    def __init__(self,
+                 in_dims: Optional[int],
+                 embed_dims: int,
+                 depth: int,
+                 num_heads: int,
+                 init_value: float,
+                 heads_range: float,
+                 ffn_dims: int,
+                 decomposed: bool,
+                 drop_paths: Sequence[float],
+                 layerscale: bool,
+                 layer_init_value: float,
+                 norm_cfg: dict,
+                 with_cp: bool = False):
+        super().__init__()
+        self.downsample = (
+            Downsample(in_dims, embed_dims, norm_cfg)
+            if in_dims is not None else None)
+        self.rel_pos = RetentionRelPos(embed_dims, num_heads, init_value,
+                                       heads_range)
+        self.blocks = nn.ModuleList([
+            RetBlock(embed_dims, num_heads, ffn_dims, decomposed,
+                     drop_paths[i], layerscale, layer_init_value)
+            for i in range(depth)
+        ])
+        self.with_cp = with_cp
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.downsample is not None:
+            x = self.downsample(x)
+        _, height, width, _ = x.shape
+        sin, cos = self.rel_pos(height, width, x.dtype)
+        log_decay = self.rel_pos.log_decay
+        for block in self.blocks:
+            if self.with_cp and x.requires_grad:
+                x = cp.checkpoint(
+                    block, x, sin, cos, log_decay, use_reentrant=False)
+            else:
+                x = block(x, sin, cos, log_decay)
+        return x
+
+
+# --------------------------------------------------------------------------
+# the backbone
+# --------------------------------------------------------------------------
+
+
+@MODELS.register_module()
+class RMT(VitMixBackbone):
+    """RMT backbone for detection, segmentation and classification.
+
+    Args:
+        arch (str | dict): ``'t'``, ``'s'``, ``'b'``, ``'l'`` (official
+            RMT_T3, RMT_S, RMT_M2, RMT_L6) or a dict with the official
+            constructor's names: ``embed_dims, depths, num_heads,
+            init_values, heads_ranges, mlp_ratios, chunkwise_recurrents``
+            (required) and ``layerscales, layer_init_values`` (optional,
+            default no layer scale, 1e-6). Default: ``'t'``.
+        in_channels (int): input channels. Default: 3.
+        out_indices (int | Sequence[int]): stages whose outputs are returned
+            (NCHW, strides 4/8/16/32). Default: (0, 1, 2, 3).
+        drop_path_rate (float): stochastic depth, linear over all blocks.
+            Default: 0.1.
+        norm_cfg (dict): norm of the stem and downsampling layers (official:
+            BatchNorm; use ``dict(type='SyncBN')`` for multi-GPU training).
+            Default: ``dict(type='BN')``.
+        out_norm_cfg (dict | None): output norm added per requested stage
+            (official detection backbone: LayerNorm, eps 1e-5); None for
+            none. Default: ``dict(type='LN')``.
+        frozen_stages (int): -1 nothing, 0 the stem, N the stem and stages
+            0..N-1. Default: -1.
+        norm_eval (bool): keep BatchNorm layers in eval mode while training.
+            Default: False.
+        with_cp (bool): activation checkpointing per block. Default: False.
+        init_cfg (dict | None): ``dict(type='Pretrained', checkpoint=PATH)``
+            loads an official or converted checkpoint. Default: None.
+    """
+
+    arch_settings = {
+        't': dict(
+            embed_dims=[64, 128, 256, 512],
+            depths=[2, 2, 8, 2],
+            num_heads=[4, 4, 8, 16],
+            init_values=[2, 2, 2, 2],
+            heads_ranges=[4, 4, 6, 6],
+            mlp_ratios=[3, 3, 3, 3],
+            chunkwise_recurrents=[True, True, False, False],
+            layerscales=[False, False, False, False],
+            layer_init_values=1e-6),
+        's': dict(
+            embed_dims=[64, 128, 256, 512],
+            depths=[3, 4, 18, 4],
+            num_heads=[4, 4, 8, 16],
+            init_values=[2, 2, 2, 2],
+            heads_ranges=[4, 4, 6, 6],
+            mlp_ratios=[4, 4, 3, 3],
+            chunkwise_recurrents=[True, True, True, False],
+            layerscales=[False, False, False, False],
+            layer_init_values=1e-6),
+        'b': dict(
+            embed_dims=[80, 160, 320, 512],
+            depths=[4, 8, 25, 8],
+            num_heads=[5, 5, 10, 16],
+            init_values=[2, 2, 2, 2],
+            heads_ranges=[5, 5, 6, 6],
+            mlp_ratios=[4, 4, 3, 3],
+            chunkwise_recurrents=[True, True, True, False],
+            layerscales=[False, False, True, True],
+            layer_init_values=1e-6),
+        'l': dict(
+            embed_dims=[112, 224, 448, 640],
+            depths=[4, 8, 25, 8],
+            num_heads=[7, 7, 14, 20],
+            init_values=[2, 2, 2, 2],
+            heads_ranges=[6, 6, 6, 6],
+            mlp_ratios=[4, 4, 3, 3],
+            chunkwise_recurrents=[True, True, True, False],
+            layerscales=[False, False, True, True],
+            layer_init_values=1e-6),
+    }
+    arch_keys = ('embed_dims', 'depths', 'num_heads', 'init_values',
+                 'heads_ranges', 'mlp_ratios', 'chunkwise_recurrents')
+    arch_optional = dict(
+        layerscales=[False, False, False, False], layer_init_values=1e-6)
+
+    def __init__(self,
+                 arch: Union[str, dict] = 't',
+                 in_channels: int = 3,
+                 out_indices: Union[int, Sequence[int]] = (0, 1, 2, 3),
+                 drop_path_rate: float = 0.1,
+                 norm_cfg: dict = dict(type='BN'),
+                 out_norm_cfg: Optional[dict] = dict(type='LN'),
+                 frozen_stages: int = -1,
+                 norm_eval: bool = False,
+                 with_cp: bool = False,
+                 init_cfg: Optional[dict] = None,
+                 **kwargs):
+        self.reject_unknown_kwargs(kwargs)
+        super().__init__(init_cfg=init_cfg)
+        arch = self.parse_arch(arch)
+        self._check_arch(arch)
+        self.arch = arch
+        self.in_channels = in_channels
+        self.out_indices = normalize_out_indices(out_indices, self.num_stages)
+        self.frozen_stages = self.check_frozen_stages(frozen_stages)
+        self.norm_eval = norm_eval
+        self.with_cp = with_cp
+        embed_dims = arch['embed_dims']
+        self.embed_dims = list(embed_dims)
+
+        # stem: (conv3x3/2, BN, GELU, conv3x3, BN, GELU) then
+        # (conv3x3/2, BN, GELU, conv3x3, BN): stride 4
+        half = embed_dims[0] // 2
+        self.stem = nn.Sequential(
+            nn.Conv2d(in_channels, half, 3, 2, 1),
+            build_norm_layer(norm_cfg, half)[1], nn.GELU(),
+            nn.Conv2d(half, half, 3, 1, 1),
+            build_norm_layer(norm_cfg, half)[1], nn.GELU(),
+            nn.Conv2d(half, embed_dims[0], 3, 2, 1),
+            build_norm_layer(norm_cfg, embed_dims[0])[1], nn.GELU(),
+            nn.Conv2d(embed_dims[0], embed_dims[0], 3, 1, 1),
+            build_norm_layer(norm_cfg, embed_dims[0])[1])
+
+        depths = arch['depths']
+        dpr = [
+            x.item()
+            for x in torch.linspace(0, drop_path_rate, sum(depths))
+        ]
+        self.stages = nn.ModuleList()
+        for i in range(self.num_stages):
+            self.stages.append(
+                RMTStage(
+                    in_dims=embed_dims[i - 1] if i > 0 else None,
+                    embed_dims=embed_dims[i],
+                    depth=depths[i],
+                    num_heads=arch['num_heads'][i],
+                    init_value=arch['init_values'][i],
+                    heads_range=arch['heads_ranges'][i],
+                    ffn_dims=int(arch['mlp_ratios'][i] * embed_dims[i]),
+                    decomposed=bool(arch['chunkwise_recurrents'][i]),
+                    drop_paths=dpr[sum(depths[:i]):sum(depths[:i + 1])],
+                    layerscale=bool(arch['layerscales'][i]),
+                    layer_init_value=arch['layer_init_values'],
+                    norm_cfg=norm_cfg,
+                    with_cp=with_cp))
+
+        self.out_norm_cfg = out_norm_cfg
+        if out_norm_cfg is not None:
+            for i in self.out_indices:
+                self.add_module(f'norm{i}',
+                                build_norm_layer(out_norm_cfg,
+                                                 embed_dims[i])[1])
+
+        self.apply(self._init_module)
+        self._freeze_stages()
+
+    def _check_arch(self, arch: dict) -> None:
+        for key in ('embed_dims', 'depths', 'num_heads', 'init_values',
+                    'heads_ranges', 'mlp_ratios', 'chunkwise_recurrents',
+                    'layerscales'):
+            if len(arch[key]) != self.num_stages:
+                raise ValueError(
+                    f'RMT: arch[{key!r}] must have {self.num_stages} '
+                    f'entries, got {arch[key]!r}')
+        for dims, heads in zip(arch['embed_dims'], arch['num_heads']):
+            if dims % heads or (dims // heads) % 2:
+                raise ValueError(
+                    f'RMT: embed_dims {dims} must split into {heads} heads '
+                    'of an even head dim (rotary pairs)')
+
+    @staticmethod
+    def _init_module(m: nn.Module) -> None:
+        """Official init: trunc-normal(0.02) Linear, LayerNorm 1/0."""
+        if isinstance(m, nn.Linear):
+            trunc_normal_(m.weight, std=.02)
+            if m.bias is not None:
+                nn.init.constant_(m.bias, 0)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.constant_(m.weight, 1.0)
+            nn.init.constant_(m.bias, 0)
+
+    def stage_modules(self, index: int) -> List[nn.Module]:
+        if index < 0:
+            return [self.stem]
+        return [self.stages[index], getattr(self, f'norm{index}', None)]
+
+    def forward(self, x: Tensor) -> tuple:
+        """(B, C, H, W) -> tuple of (B, C_i, H_i, W_i) per ``out_indices``."""
+        self.check_input(x)
+        x = self.stem(x).permute(0, 2, 3, 1)  # channels-last
+        outs = []
+        for i, stage in enumerate(self.stages):
+            x = stage(x)
+            if i in self.out_indices:
+                out = x
+                norm = getattr(self, f'norm{i}', None)
+                if norm is not None:
+                    out = norm(out)
+                outs.append(out.permute(0, 3, 1, 2).contiguous())
+        return tuple(outs)
+
+
+# --------------------------------------------------------------------------
+# official checkpoint conversion
+# --------------------------------------------------------------------------
+
+#: official block sub-key -> ours
+_RMT_BLOCK_RULES = {
+    'retention_layer_norm.': 'norm1.',
+    'final_layer_norm.': 'norm2.',
+    'retention.q_proj.': 'attn.q_proj.',
+    'retention.k_proj.': 'attn.k_proj.',
+    'retention.v_proj.': 'attn.v_proj.',
+    'retention.out_proj.': 'attn.out_proj.',
+    'retention.lepe.conv.': 'attn.lepe.conv.',
+    'ffn.fc1.': 'ffn.fc1.',
+    'ffn.fc2.': 'ffn.fc2.',
+    'ffn.dwconv.conv.': 'ffn.dwconv.conv.',
+    'pos.conv.': 'cpe.conv.',
+}
+#: classification-only parts of VisRetNet, dropped on purpose
+RMT_CLASSIFIER_PREFIXES = ('proj.', 'norm.', 'head.')
+
+
+def convert_rmt(state_dict: Dict[str, Tensor]) -> Dict[str, Tensor]:
+    """Convert an official RMT checkpoint to the :class:`RMT` layout.
+
+    Accepts the ImageNet release (``VisRetNet``: ``patch_embed.proj.*``,
+    ``layers.{i}.*``, classifier ``proj/norm/head``) or the official
+    detection / segmentation backbone (``RMT``: the same plus
+    ``extra_norms.{i}``), wrapped or not, with or without a ``backbone.``
+    prefix. A state dict already in mmvitmix layout is returned unchanged.
+    The classifier (``proj.*``, ``norm.*``, ``head.*``) is dropped; every
+    other key must match a rule, else ``KeyError``.
+    """
+    state_dict = strip_prefix_if_all(unwrap_state_dict(state_dict), 'backbone.')
+    if any(k.startswith(('stem.', 'stages.')) for k in state_dict):
+        return state_dict
+    out = {}
+    leftover = []
+    for key, value in state_dict.items():
+        if key.startswith(RMT_CLASSIFIER_PREFIXES):
+            continue
+        parts = key.split('.')
+        if key.startswith('patch_embed.proj.'):
+            out['stem.' + '.'.join(parts[2:])] = value
+        elif key.startswith('extra_norms.'):
+            out[f'norm{parts[1]}.{parts[2]}'] = value
+        elif key.startswith('layers.'):
+            i = int(parts[1])
+            rest = '.'.join(parts[2:])
+            if rest.startswith('Relpos.'):
+                name = {'angle': 'angle', 'decay': 'log_decay'}[parts[3]]
+                out[f'stages.{i}.rel_pos.{name}'] = value
+            elif rest.startswith('downsample.'):
+                sub = {'reduction': 'conv', 'norm': 'norm'}[parts[3]]
+                out[f'stages.{i + 1}.downsample.{sub}.' +
+                    '.'.join(parts[4:])] = value
+            elif rest.startswith('blocks.'):
+                j = parts[3]
+                sub = '.'.join(parts[4:])
+                prefix = f'stages.{i}.blocks.{j}.'
+                if sub in ('gamma_1', 'gamma_2'):
+                    out[prefix + 'gamma' + sub[-1]] = value.reshape(-1)
+                    continue
+                for old, new in _RMT_BLOCK_RULES.items():
+                    if sub.startswith(old):
+                        out[prefix + new + sub[len(old):]] = value
+                        break
+                else:
+                    leftover.append(key)
+            else:
+                leftover.append(key)
+        else:
+            leftover.append(key)
+    check_all_consumed('convert_rmt', leftover)
+    return out
+
+
+RMT.converter = staticmethod(convert_rmt)

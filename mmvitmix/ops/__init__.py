@@ -1,0 +1,10 @@
+"""Attention seams of mmvitmix: dispatchers, PyTorch references, kernels."""
+from .emsa import emsa_attention, emsa_attention_pytorch
+from .retention import (retention_1d, retention_1d_pytorch, retention_2d,
+                        retention_2d_pytorch, retention_attention)
+
+__all__ = [
+    'emsa_attention', 'emsa_attention_pytorch', 'retention_attention',
+    'retention_1d', 'retention_2d', 'retention_1d_pytorch',
+    'retention_2d_pytorch'
+]

@@ -1,0 +1,157 @@
+"""Attention core of ResT's Efficient Multi-head Self-Attention (EMSA).
+
+The seam between the ResT backbone and the fused kernels:
+:func:`emsa_attention` is the only entry point the backbone calls.
+
+Per batch element, with logits ``T_h = scale · q_h k_hᵀ`` (N×M per head)::
+
+    T'_h = Σ_g W[h, g] T_g + b[h]          (1×1 conv across heads)
+    P_h  = softmax(T'_h, dim=-1)
+    A_h  = (P_h − mean(P_h)) / sqrt(var(P_h) + eps)   (InstanceNorm2d over
+                                             the N×M map, no affine, biased var)
+    out_h = A_h · v_h
+
+The fused op (``torch.ops.mmvitmix.emsa_forward``, C++/CUDA in ``csrc/``)
+uses that every softmax row sums to one: the map's mean is exactly ``1/M``,
+so ``out_h = (P_h·v_h − mean_j v_h,j) / σ_h`` with
+``σ_h² = Σ_ij P_h,ij² / (N·M) − 1/M² + eps``. One flash-style pass over key
+blocks (all heads' logits of a query tile, mixed, then per head an online
+softmax that also accumulates ``Σ_j P²``) and a cheap normalisation give
+the output without storing any N×M map; the backward recomputes the map
+from the saved per-row logsumexp and ``Σ_j P²``. Gradients flow to q, k, v,
+weight and bias.
+"""
+import os
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+__all__ = ['emsa_attention', 'emsa_attention_pytorch']
+
+
+def emsa_attention_pytorch(q: Tensor,
+                           k: Tensor,
+                           v: Tensor,
+                           scale: float,
+                           weight: Optional[Tensor] = None,
+                           bias: Optional[Tensor] = None,
+                           eps: float = 1e-5) -> Tensor:
+    """Reference EMSA core in plain PyTorch.
+
+    Args:
+        q (Tensor): (B, heads, N, D) queries.
+        k (Tensor): (B, heads, M, D) keys (from the reduced tokens).
+        v (Tensor): (B, heads, M, Dv) values.
+        scale (float): logit scale, ``D ** -0.5`` in ResT.
+        weight (Tensor | None): (heads, heads) 1×1 conv across heads; None
+            for no head interaction (then plain softmax attention, no
+            InstanceNorm: ResT's ``apply_transform=False`` or one head).
+        bias (Tensor | None): (heads,) bias of that conv.
+        eps (float): InstanceNorm epsilon.
+
+    Returns:
+        Tensor: (B, heads, N, Dv).
+    """
+    attn = (q @ k.transpose(-2, -1)) * scale
+    if weight is None:
+        return attn.softmax(dim=-1) @ v
+    attn = torch.einsum('hg,bgnm->bhnm', weight, attn)
+    if bias is not None:
+        attn = attn + bias[None, :, None, None]
+    attn = attn.softmax(dim=-1)
+    mean = attn.mean(dim=(-2, -1), keepdim=True)
+    var = attn.var(dim=(-2, -1), keepdim=True, unbiased=False)
+    attn = (attn - mean) / torch.sqrt(var + eps)
+    return attn @ v
+
+
+def _stats_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _emsa_fused(q: Tensor,
+                k: Tensor,
+                v: Tensor,
+                scale: float,
+                weight: Tensor,
+                bias: Optional[Tensor] = None,
+                eps: float = 1e-5) -> Tensor:
+    """The fused op (head-mixed EMSA only: ``weight`` is required).
+
+    Mixed input dtypes (as under autocast) are computed in their promoted
+    dtype; the result has ``v``'s dtype, as the reference's.
+    """
+    dtype = torch.promote_types(torch.promote_types(q.dtype, k.dtype), v.dtype)
+    if bias is None:
+        bias = weight.new_zeros(weight.shape[0])
+    out, _, _ = torch.ops.mmvitmix.emsa_forward(
+        q.to(dtype), k.to(dtype), v.to(dtype), weight, bias, float(scale),
+        float(eps))
+    return out.to(v.dtype)
+
+
+def emsa_attention(q: Tensor,
+                   k: Tensor,
+                   v: Tensor,
+                   scale: float,
+                   weight: Optional[Tensor] = None,
+                   bias: Optional[Tensor] = None,
+                   eps: float = 1e-5) -> Tensor:
+    """EMSA core: fused kernel where available, else the reference.
+
+    Same arguments and result as :func:`emsa_attention_pytorch`. Without
+    ``weight`` (no head mixing) it is plain softmax attention and always
+    runs the reference.
+    """
+    if weight is not None and os.environ.get(
+            'MMVITMIX_FORCE_REFERENCE', '0') in ('', '0'):
+        from . import _dispatch
+        fused = _dispatch.get_kernel('emsa', q)
+        if fused is not None:
+            return fused(q, k, v, scale, weight, bias, eps)
+    return emsa_attention_pytorch(q, k, v, scale, weight, bias, eps)
+
+
+# --------------------------------------------------------------------------
+# torch.library registration of the compiled op (done once, by
+# _dispatch.load_ext, after the extension has loaded)
+# --------------------------------------------------------------------------
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    q, k, v, weight, bias, scale, eps = inputs
+    out, lse, rowsq = output
+    ctx.save_for_backward(q, k, v, weight, bias, out, lse, rowsq)
+    ctx.scale, ctx.eps = scale, eps
+    ctx.mark_non_differentiable(lse, rowsq)
+
+
+def _backward(ctx, grad_out, grad_lse, grad_rowsq):
+    q, k, v, weight, bias, out, lse, rowsq = ctx.saved_tensors
+    if grad_out is None:
+        grad_out = torch.zeros_like(out)
+    dq, dk, dv, dweight, dbias = torch.ops.mmvitmix.emsa_backward(
+        grad_out, q, k, v, weight, bias, out, lse, rowsq, ctx.scale, ctx.eps)
+    return dq, dk, dv, dweight, dbias, None, None
+
+
+def _register_library() -> None:
+    """Fake (meta) kernels and autograd of ``torch.ops.mmvitmix.emsa_*``."""
+
+    @torch.library.register_fake('mmvitmix::emsa_forward')
+    def _forward_fake(q, k, v, weight, bias, scale, eps):
+        batch, heads, n = q.shape[:3]
+        stats = _stats_dtype(q.dtype)
+        return (q.new_empty((batch, heads, n, v.shape[-1])),
+                q.new_empty((batch, heads, n), dtype=stats),
+                q.new_empty((batch, heads, n), dtype=stats))
+
+    @torch.library.register_fake('mmvitmix::emsa_backward')
+    def _backward_fake(grad_out, q, k, v, weight, bias, out, lse, rowsq,
+                       scale, eps):
+        return (torch.empty_like(q), torch.empty_like(k), torch.empty_like(v),
+                weight.new_empty(weight.shape), bias.new_empty(bias.shape))
+
+    torch.library.register_autograd(
+        'mmvitmix::emsa_forward', _backward, setup_context=_setup_context)

@@ -1,0 +1,253 @@
+"""Retention attention core of RMT (Manhattan Self-Attention, "ReSA").
+
+This module is the seam between the RMT backbone and the attention kernels.
+:func:`retention_attention` is the only entry point the backbone calls; it
+dispatches to the fused kernels (``torch.ops.mmvitmix.retention_forward``,
+C++/CUDA in ``csrc/``) when the extension is built for the inputs' device
+and to the plain-PyTorch reference otherwise.
+
+Definitions (per head ``h`` with decay ``log_gamma[h] = log(γ_h) < 0``)::
+
+    1-D:  out_i = Σ_j softmax_j(q_i·k_j + log_gamma[h]·|i − j|) v_j
+    2-D:  the same over H·W tokens with |Δy| + |Δx| as the distance
+
+Decomposed ReSA is the 1-D op along W (every image row) followed by the 1-D
+op along H (every column) applied to the W pass's output; whole ReSA is the
+2-D op. Queries and keys arrive already rotated and keys already scaled by
+``head_dim ** -0.5``.
+
+The fused op works on 5-D ``(B, heads, S, L, D)`` tensors of any strides
+(``S`` independent sequences of ``L`` tokens each) and writes its output in
+``v``'s memory layout, so both decomposed passes read the backbone's
+channels-last projections in place and the result needs no copy. It
+computes the bias from the token indices, keeps one (float32) logsumexp per
+query and recomputes the attention map in backward: no L×L tensor is ever
+stored. Gradients flow to ``q``, ``k``, ``v`` and ``log_decay``.
+"""
+import os
+from typing import Tuple
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    'retention_attention', 'retention_1d', 'retention_2d',
+    'retention_1d_pytorch', 'retention_2d_pytorch', 'decay_bias_1d',
+    'decay_bias_2d'
+]
+
+#: set ``MMVITMIX_FORCE_REFERENCE=1`` to force the plain-PyTorch path
+FORCE_REFERENCE_ENV = 'MMVITMIX_FORCE_REFERENCE'
+
+
+def _bias_dtype(q: Tensor, log_decay: Tensor) -> torch.dtype:
+    return torch.promote_types(q.dtype, log_decay.dtype)
+
+
+def decay_bias_1d(length: int, log_decay: Tensor,
+                  dtype: torch.dtype) -> Tensor:
+    """``log_decay[h] * |i - j|`` as a (heads, L, L) tensor."""
+    index = torch.arange(length, device=log_decay.device, dtype=dtype)
+    dist = (index[:, None] - index[None, :]).abs()
+    return dist * log_decay.to(dtype)[:, None, None]
+
+
+def decay_bias_2d(height: int, width: int, log_decay: Tensor,
+                  dtype: torch.dtype) -> Tensor:
+    """``log_decay[h] * (|Δy| + |Δx|)`` as a (heads, H·W, H·W) tensor."""
+    ys = torch.arange(height, device=log_decay.device, dtype=dtype)
+    xs = torch.arange(width, device=log_decay.device, dtype=dtype)
+    grid = torch.stack(torch.meshgrid(ys, xs, indexing='ij'), -1)
+    grid = grid.reshape(height * width, 2)
+    dist = (grid[:, None, :] - grid[None, :, :]).abs().sum(-1)
+    return dist * log_decay.to(dtype)[:, None, None]
+
+
+def retention_1d_pytorch(q: Tensor, k: Tensor, v: Tensor,
+                         log_decay: Tensor) -> Tensor:
+    """Reference 1-D retention.
+
+    Args:
+        q (Tensor): (N, heads, L, Dk) rotated queries.
+        k (Tensor): (N, heads, L, Dk) rotated, pre-scaled keys.
+        v (Tensor): (N, heads, L, Dv) values.
+        log_decay (Tensor): (heads,) ``log γ`` per head (negative).
+
+    Returns:
+        Tensor: (N, heads, L, Dv).
+    """
+    bias = decay_bias_1d(q.shape[-2], log_decay, _bias_dtype(q, log_decay))
+    attn = torch.softmax(q @ k.transpose(-1, -2) + bias, dim=-1)
+    return attn.to(v.dtype) @ v
+
+
+def retention_2d_pytorch(q: Tensor, k: Tensor, v: Tensor, log_decay: Tensor,
+                         hw: Tuple[int, int]) -> Tensor:
+    """Reference 2-D (whole) retention over H·W tokens.
+
+    Args:
+        q, k (Tensor): (N, heads, H·W, Dk), row-major token order.
+        v (Tensor): (N, heads, H·W, Dv).
+        log_decay (Tensor): (heads,).
+        hw (tuple[int, int]): (H, W).
+
+    Returns:
+        Tensor: (N, heads, H·W, Dv).
+    """
+    height, width = hw
+    if height * width != q.shape[-2]:
+        raise ValueError(f'hw={hw} does not match {q.shape[-2]} tokens')
+    bias = decay_bias_2d(height, width, log_decay, _bias_dtype(q, log_decay))
+    attn = torch.softmax(q @ k.transpose(-1, -2) + bias, dim=-1)
+    return attn.to(v.dtype) @ v
+
+
+def _use_reference() -> bool:
+    return os.environ.get(FORCE_REFERENCE_ENV, '0') not in ('', '0')
+
+
+def _stats_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _retention_fused(q: Tensor, k: Tensor, v: Tensor, log_decay: Tensor,
+                     width: int) -> Tensor:
+    """The fused op on 5-D ``(B, heads, S, L, D)`` tensors.
+
+    ``width`` 0: 1-D distance along ``L``; else ``L = H·width`` tokens in
+    row-major order with the Manhattan distance. Mixed input dtypes (as
+    under autocast) are computed in their promoted dtype; the result has
+    ``v``'s dtype, as the reference's.
+    """
+    dtype = torch.promote_types(torch.promote_types(q.dtype, k.dtype), v.dtype)
+    out, _ = torch.ops.mmvitmix.retention_forward(
+        q.to(dtype), k.to(dtype), v.to(dtype), log_decay, width)
+    return out.to(v.dtype)
+
+
+def _fused_kernel(q: Tensor):
+    if _use_reference():
+        return None
+    from . import _dispatch
+    return _dispatch.get_kernel('retention', q)
+
+
+def retention_1d(q: Tensor, k: Tensor, v: Tensor, log_decay: Tensor) -> Tensor:
+    """1-D retention on (N, heads, L, D): fused where available."""
+    fused = _fused_kernel(q)
+    if fused is not None:
+        return fused(q.unsqueeze(2), k.unsqueeze(2), v.unsqueeze(2),
+                     log_decay, 0).squeeze(2)
+    return retention_1d_pytorch(q, k, v, log_decay)
+
+
+def retention_2d(q: Tensor, k: Tensor, v: Tensor, log_decay: Tensor,
+                 hw: Tuple[int, int]) -> Tensor:
+    """2-D retention on (N, heads, H·W, D): fused where available."""
+    height, width = hw
+    if height * width != q.shape[-2]:
+        raise ValueError(f'hw={hw} does not match {q.shape[-2]} tokens')
+    fused = _fused_kernel(q)
+    if fused is not None:
+        return fused(q.unsqueeze(2), k.unsqueeze(2), v.unsqueeze(2),
+                     log_decay, width).squeeze(2)
+    return retention_2d_pytorch(q, k, v, log_decay, hw)
+
+
+def retention_attention(q: Tensor, k: Tensor, v: Tensor, log_decay: Tensor,
+                        decomposed: bool) -> Tensor:
+    """The attention core of one RMT retention layer.
+
+    Args:
+        q (Tensor): (B, heads, H, W, Dk) rotated queries.
+        k (Tensor): (B, heads, H, W, Dk) rotated keys, already multiplied
+            by ``Dk ** -0.5``.
+        v (Tensor): (B, heads, H, W, Dv) values.
+        log_decay (Tensor): (heads,) ``log γ_h``.
+        decomposed (bool): True: the W pass then the H pass (decomposed
+            ReSA, early stages). False: whole ReSA over H·W tokens with the
+            Manhattan distance.
+
+    Returns:
+        Tensor: (B, heads, H, W, Dv).
+    """
+    bsz, heads, height, width, dk = q.shape
+    dv = v.shape[-1]
+    fused = _fused_kernel(q)
+    if fused is not None:
+        if not decomposed:
+            out = fused(
+                q.reshape(bsz, heads, 1, height * width, dk),
+                k.reshape(bsz, heads, 1, height * width, dk),
+                v.reshape(bsz, heads, 1, height * width, dv), log_decay,
+                width)
+            return out.reshape(bsz, heads, height, width, dv)
+        # W pass: S = H sequences of W tokens, read in place; H pass over
+        # the transposed views (no copies, the output keeps v's layout)
+        out_w = fused(q, k, v, log_decay, 0)
+        out = fused(
+            q.transpose(2, 3), k.transpose(2, 3), out_w.transpose(2, 3),
+            log_decay, 0)
+        return out.transpose(2, 3)
+    if not decomposed:
+        out = retention_2d_pytorch(
+            q.reshape(bsz, heads, height * width, dk),
+            k.reshape(bsz, heads, height * width, dk),
+            v.reshape(bsz, heads, height * width, dv), log_decay,
+            (height, width))
+        return out.reshape(bsz, heads, height, width, dv)
+    # W pass: one sequence per image row -> (B*H, heads, W, D)
+    q_w = q.transpose(1, 2).reshape(bsz * height, heads, width, dk)
+    k_w = k.transpose(1, 2).reshape(bsz * height, heads, width, dk)
+    v_w = v.transpose(1, 2).reshape(bsz * height, heads, width, dv)
+    out_w = retention_1d_pytorch(q_w, k_w, v_w, log_decay)
+    out_w = out_w.reshape(bsz, height, heads, width, dv)
+    # H pass: one sequence per image column -> (B*W, heads, H, D)
+    q_h = q.permute(0, 3, 1, 2, 4).reshape(bsz * width, heads, height, dk)
+    k_h = k.permute(0, 3, 1, 2, 4).reshape(bsz * width, heads, height, dk)
+    v_h = out_w.permute(0, 3, 2, 1, 4).reshape(bsz * width, heads, height, dv)
+    out_h = retention_1d_pytorch(q_h, k_h, v_h, log_decay)
+    return out_h.reshape(bsz, width, heads, height, dv).permute(0, 2, 3, 1, 4)
+
+
+# --------------------------------------------------------------------------
+# torch.library registration of the compiled op (done once, by
+# _dispatch.load_ext, after the extension has loaded)
+# --------------------------------------------------------------------------
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    q, k, v, log_decay, width = inputs
+    out, lse = output
+    ctx.save_for_backward(q, k, v, out, lse, log_decay)
+    ctx.width = width
+    ctx.mark_non_differentiable(lse)
+
+
+def _backward(ctx, grad_out, grad_lse):
+    q, k, v, out, lse, log_decay = ctx.saved_tensors
+    decay_grad = bool(ctx.needs_input_grad[3])
+    if grad_out is None:
+        grad_out = torch.zeros_like(out)
+    dq, dk, dv, ddecay = torch.ops.mmvitmix.retention_backward(
+        grad_out, q, k, v, out, lse, log_decay, ctx.width, decay_grad)
+    return dq, dk, dv, (ddecay if decay_grad else None), None
+
+
+def _register_library() -> None:
+    """Fake (meta) kernels and autograd of ``torch.ops.mmvitmix.retention_*``."""
+
+    @torch.library.register_fake('mmvitmix::retention_forward')
+    def _forward_fake(q, k, v, log_decay, width):
+        lse = q.new_empty(q.shape[:4], dtype=_stats_dtype(q.dtype))
+        return torch.empty_like(v), lse
+
+    @torch.library.register_fake('mmvitmix::retention_backward')
+    def _backward_fake(grad_out, q, k, v, out, lse, log_decay, width,
+                       decay_grad):
+        return (torch.empty_like(q), torch.empty_like(k), torch.empty_like(v),
+                log_decay.new_empty(log_decay.shape))
+
+    torch.library.register_autograd(
+        'mmvitmix::retention_forward', _backward,
+        setup_context=_setup_context)

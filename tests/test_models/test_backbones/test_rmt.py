@@ -1,0 +1,284 @@
+"""RMT backbone: parity with the official code, conversion, options, errors."""
+import copy
+import json
+import logging
+
+import pytest
+import torch
+from mmengine.logging import MMLogger
+
+from mmvitmix.models.backbones.rmt import (RMT, RMT_CLASSIFIER_PREFIXES,
+                                           convert_rmt)
+from tests.utils import GOLDEN_DIR, assert_close_rel, zeros_like_table
+
+GOLDEN_FILES = ['rmt_tiny_axial.pt', 'rmt_tiny_whole_ls.pt']
+TINY = dict(
+    embed_dims=[16, 32, 48, 64],
+    depths=[1, 1, 2, 1],
+    num_heads=[2, 2, 3, 4],
+    init_values=[2, 2, 2, 2],
+    heads_ranges=[4, 4, 6, 6],
+    mlp_ratios=[2, 2, 2, 2],
+    chunkwise_recurrents=[True, True, False, False],
+    layerscales=[False, False, True, True])
+
+
+def load_golden(name):
+    return torch.load(GOLDEN_DIR / name, map_location='cpu', weights_only=False)
+
+
+@pytest.fixture(scope='module')
+def official_tables():
+    with open(GOLDEN_DIR / 'official_checkpoints.json') as f:
+        return json.load(f)
+
+
+# --------------------------------------------------------------- parity
+@pytest.mark.parametrize('name', GOLDEN_FILES)
+def test_golden_stage_outputs(name):
+    golden = load_golden(name)
+    model = RMT(arch=golden['config'], out_norm_cfg=None).eval()
+    report = model.load_pretrained(golden['checkpoint'])
+    assert report == dict(missing=[], unexpected=[], fresh=[])
+    with torch.no_grad():
+        outs = model(golden['input'])
+    assert len(outs) == 4
+    for out, ref in zip(outs, golden['stage_outputs']):
+        assert out.shape == ref.shape
+        assert_close_rel(out, ref, 1e-5)
+
+
+@pytest.mark.parametrize('name', GOLDEN_FILES)
+def test_golden_normed_outputs(name):
+    golden = load_golden(name)
+    model = RMT(arch=golden['config']).eval()
+    report = model.load_pretrained(golden['checkpoint'])
+    assert report['missing'] == [] and report['unexpected'] == []
+    assert sorted(report['fresh']) == sorted(
+        f'norm{i}.{p}' for i in range(4) for p in ('weight', 'bias'))
+    with torch.no_grad():
+        outs = model(golden['input'])
+    for out, ref in zip(outs, golden['normed_outputs']):
+        assert_close_rel(out, ref, 1e-5)
+    # the official detection backbone's extra_norms map onto norm{i}
+    det_ckpt = dict(golden['checkpoint']['model'])
+    det_ckpt.update({k: v + 0.5 for k, v in golden['extra_norms'].items()})
+    converted = convert_rmt(det_ckpt)
+    assert torch.equal(converted['norm2.weight'],
+                       golden['extra_norms']['extra_norms.2.weight'] + 0.5)
+
+
+def test_golden_mismatch_is_detected():
+    """A wrong mapping (swapped q/k) must break parity: the test can fail."""
+    golden = load_golden('rmt_tiny_axial.pt')
+    state = convert_rmt(golden['checkpoint'])
+    key_q = 'stages.0.blocks.0.attn.q_proj.weight'
+    key_k = 'stages.0.blocks.0.attn.k_proj.weight'
+    state[key_q], state[key_k] = state[key_k], state[key_q]
+    model = RMT(arch=golden['config'], out_norm_cfg=None).eval()
+    model.load_state_dict(state, strict=False)
+    with torch.no_grad():
+        out = model(golden['input'])[0]
+    ref = golden['stage_outputs'][0]
+    assert (out - ref).abs().max() > 1e-3
+
+
+# ----------------------------------------------------- official releases
+@pytest.mark.parametrize('variant', ['t', 's', 'b', 'l'])
+def test_every_official_key_converted(variant, official_tables):
+    table = official_tables[f'rmt_{variant}']
+    for key, value in table['config'].items():
+        assert RMT.parse_arch(variant)[key] == value, key
+    model = RMT(arch=variant, drop_path_rate=0.)
+    ours = model.state_dict()
+    official = zeros_like_table(table['checkpoint_keys'])
+    converted = convert_rmt({'model': official})
+    dropped = [k for k in official if k.startswith(RMT_CLASSIFIER_PREFIXES)]
+    assert len(converted) + len(dropped) == len(official)
+    for key, value in converted.items():
+        assert key in ours, key
+        assert ours[key].shape == value.shape, key
+    missing = set(ours) - set(converted)
+    assert missing == {
+        f'norm{i}.{p}'
+        for i in range(4) for p in ('weight', 'bias')
+    }
+    # parameter count: official total minus its classification parts
+    cls_params = sum(
+        torch.Size(shape).numel()
+        for key, shape in table['checkpoint_keys'].items()
+        if key.startswith(RMT_CLASSIFIER_PREFIXES) and not key.endswith(
+            ('running_mean', 'running_var', 'num_batches_tracked')))
+    n_ours = sum(p.numel() for n, p in model.named_parameters()
+                 if not n.startswith('norm'))
+    assert n_ours == table['params_total'] - cls_params
+
+
+def test_converter_is_idempotent_and_strict():
+    golden = load_golden('rmt_tiny_axial.pt')
+    once = convert_rmt(golden['checkpoint']['model'])
+    assert convert_rmt(once) is not None
+    assert convert_rmt(once).keys() == once.keys()
+    # a detector checkpoint: backbone.* prefix is stripped
+    prefixed = {'backbone.' + k: v for k, v in once.items()}
+    assert convert_rmt(prefixed).keys() == once.keys()
+    bad = dict(golden['checkpoint']['model'])
+    bad['layers.0.blocks.0.unknown.weight'] = torch.zeros(1)
+    with pytest.raises(KeyError, match='unknown'):
+        convert_rmt(bad)
+
+
+def test_pretrained_init_cfg_loads_official_file(tmp_path):
+    golden = load_golden('rmt_tiny_axial.pt')
+    path = tmp_path / 'official.pth'
+    torch.save(golden['checkpoint'], path)
+    model = RMT(
+        arch=golden['config'],
+        out_norm_cfg=None,
+        init_cfg=dict(type='Pretrained', checkpoint=str(path)))
+    model.init_weights()
+    model.eval()
+    with torch.no_grad():
+        out = model(golden['input'])
+    assert_close_rel(out[3], golden['stage_outputs'][3], 1e-5)
+
+
+def test_missing_and_unexpected_keys_are_reported(tmp_path):
+    golden = load_golden('rmt_tiny_axial.pt')
+    state = convert_rmt(golden['checkpoint'])
+    state.pop('stages.1.blocks.0.ffn.fc1.weight')
+    state['stages.0.extra_thing'] = torch.zeros(2)
+    model = RMT(arch=golden['config'])
+    logger = MMLogger.get_current_instance()
+    messages = []
+    handler = _ListHandler(messages)
+    logger.addHandler(handler)
+    try:
+        report = model.load_pretrained(state)
+    finally:
+        logger.removeHandler(handler)
+    assert report['missing'] == ['stages.1.blocks.0.ffn.fc1.weight']
+    assert report['unexpected'] == ['stages.0.extra_thing']
+    text = '\n'.join(messages)
+    assert 'stages.1.blocks.0.ffn.fc1.weight' in text
+    assert 'stages.0.extra_thing' in text
+
+
+class _ListHandler(logging.Handler):
+    """Collects formatted log messages."""
+
+    def __init__(self, sink):
+        super().__init__()
+        self.sink = sink
+
+    def emit(self, record):
+        self.sink.append(record.getMessage())
+
+
+# --------------------------------------------------------- shapes, sizes
+@pytest.mark.parametrize('hw,expected', [
+    ((97, 161), [(25, 41), (13, 21), (7, 11), (4, 6)]),
+    ((32, 32), [(8, 8), (4, 4), (2, 2), (1, 1)]),
+    ((64, 33), [(16, 9), (8, 5), (4, 3), (2, 2)]),
+])
+def test_odd_input_sizes(hw, expected):
+    model = RMT(arch=TINY).eval()
+    with torch.no_grad():
+        outs = model(torch.randn(1, 3, *hw))
+    assert [tuple(o.shape[-2:]) for o in outs] == expected
+    assert [o.shape[1] for o in outs] == TINY['embed_dims']
+
+
+def test_out_indices():
+    model = RMT(arch=TINY, out_indices=(-1, 1)).eval()
+    assert model.out_indices == (1, 3)
+    assert not hasattr(model, 'norm0') and hasattr(model, 'norm3')
+    outs = model(torch.randn(1, 3, 64, 64))
+    assert [o.shape[1] for o in outs] == [32, 64]
+    indices = [0, 2]
+    RMT(arch=TINY, out_indices=indices)
+    assert indices == [0, 2]  # the caller's list is untouched
+
+
+def test_every_parameter_gets_a_gradient():
+    model = RMT(arch=TINY, drop_path_rate=0.).train()
+    outs = model(torch.randn(2, 3, 64, 48))
+    sum(o.float().pow(2).mean() for o in outs).backward()
+    for name, param in model.named_parameters():
+        assert param.grad is not None, name
+        assert param.grad.abs().sum() > 0, name
+
+
+def test_with_cp_matches():
+    torch.manual_seed(0)
+    model = RMT(arch=TINY, drop_path_rate=0.)
+    model_cp = RMT(arch=TINY, drop_path_rate=0., with_cp=True)
+    model_cp.load_state_dict(model.state_dict())
+    x = torch.randn(2, 3, 64, 64)
+    outs = model(x)
+    outs_cp = model_cp(x)
+    for a, b in zip(outs, outs_cp):
+        assert torch.allclose(a, b, atol=1e-6)
+    sum(o.sum() for o in outs).backward()
+    sum(o.sum() for o in outs_cp).backward()
+    for (n, p), (_, p_cp) in zip(model.named_parameters(),
+                                 model_cp.named_parameters()):
+        assert torch.allclose(p.grad, p_cp.grad, atol=1e-5, rtol=1e-4), n
+
+
+@pytest.mark.parametrize('frozen', [0, 2])
+def test_frozen_stages(frozen):
+    model = RMT(arch=TINY, frozen_stages=frozen)
+    model.train()
+    assert not any(p.requires_grad for p in model.stem.parameters())
+    assert not model.stem.training
+    for i in range(4):
+        params = list(model.stages[i].parameters()) + list(
+            getattr(model, f'norm{i}').parameters())
+        assert all(p.requires_grad == (i >= frozen) for p in params), i
+        assert model.stages[i].training == (i >= frozen)
+    with pytest.raises(ValueError, match='frozen_stages'):
+        RMT(arch=TINY, frozen_stages=5)
+
+
+def test_norm_eval():
+    model = RMT(arch=TINY, norm_eval=True).train()
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert bns and all(not m.training for m in bns)
+    assert model.stages[0].blocks[0].training
+    assert RMT(arch=TINY).train().stem[1].training
+
+
+# ------------------------------------------------------------ bad input
+def test_bad_input_errors():
+    model = RMT(arch=TINY)
+    with pytest.raises(ValueError, match='4-D'):
+        model(torch.randn(3, 64, 64))
+    with pytest.raises(ValueError, match='channels'):
+        model(torch.randn(1, 1, 64, 64))
+    with pytest.raises(ValueError, match='at least 32'):
+        model(torch.randn(1, 3, 31, 64))
+    with pytest.raises(ValueError, match=r"accepted names are \['b', 'l'"):
+        RMT(arch='xl')
+    partial = copy.deepcopy(TINY)
+    partial.pop('heads_ranges')
+    with pytest.raises(ValueError, match='missing keys.*heads_ranges'):
+        RMT(arch=partial)
+    with pytest.raises(ValueError, match='unknown keys'):
+        RMT(arch={**TINY, 'window_size': 7})
+    with pytest.raises(TypeError, match="unknown argument.*'use_checkpoint'"):
+        RMT(arch=TINY, use_checkpoint=True)
+    with pytest.raises(ValueError, match='out of range'):
+        RMT(arch=TINY, out_indices=(4, ))
+    with pytest.raises(ValueError, match='4 entries'):
+        RMT(arch={**TINY, 'depths': [1, 1, 1]})
+
+
+def test_registry_visible_from_downstream():
+    import mmvitmix.models  # noqa: F401
+    from mmdet.registry import MODELS as DET_MODELS
+    from mmpretrain.registry import MODELS as CLS_MODELS
+    from mmseg.registry import MODELS as SEG_MODELS
+    for registry in (DET_MODELS, SEG_MODELS, CLS_MODELS):
+        model = registry.build(dict(type='mmvitmix.RMT', arch=TINY))
+        assert type(model) is RMT
