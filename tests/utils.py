@@ -22,6 +22,9 @@ def assert_close_rel(actual: torch.Tensor, expected: torch.Tensor,
         f'max abs error {err:.3e} > {rel:g} x max|expected| {scale:.3e}')
 
 
-def zeros_like_table(table: dict) -> dict:
-    """A state dict of zeros from an official {key: shape} table."""
-    return {k: torch.zeros(shape) for k, shape in table.items()}
+def zeros_like_table(table: dict, device: str = 'cpu') -> dict:
+    """A state dict of zeros from an official {key: shape} table.
+
+    ``device='meta'`` gives shape-only tensors (no memory, instant).
+    """
+    return {k: torch.zeros(shape, device=device) for k, shape in table.items()}

@@ -365,10 +365,8 @@ class RMT(VitMixBackbone):
             build_norm_layer(norm_cfg, embed_dims[0])[1])
 
         depths = arch['depths']
-        dpr = [
-            x.item()
-            for x in torch.linspace(0, drop_path_rate, sum(depths))
-        ]
+        dpr = torch.linspace(0, drop_path_rate, sum(depths),
+                             device='cpu').tolist()
         self.stages = nn.ModuleList()
         for i in range(self.num_stages):
             self.stages.append(
