@@ -24,6 +24,8 @@ from mmengine.model import BaseModule
 from mmengine.runner.checkpoint import CheckpointLoader
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from mmvitmix.utils import allow_mmengine_checkpoints
+
 
 def normalize_out_indices(out_indices: Union[int, Sequence[int]],
                           num_stages: int) -> tuple:
@@ -226,6 +228,8 @@ class VitMixBackbone(BaseModule):
             dict: ``missing`` and ``unexpected`` key lists, also logged.
         """
         if isinstance(checkpoint, str):
+            # whole detector / segmentor checkpoints written by mmengine
+            allow_mmengine_checkpoints()
             print_log(f'{type(self).__name__}: loading {checkpoint}',
                       logger='current')
             ckpt = CheckpointLoader.load_checkpoint(

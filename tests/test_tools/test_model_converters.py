@@ -1,0 +1,141 @@
+"""tools/model_converters/*2mmvitmix.py on the official-layout golden files."""
+import argparse
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[2]
+GOLDEN = REPO / '..' / 'shared' / 'golden'
+CONVERTERS = REPO / 'tools' / 'model_converters'
+
+
+def _env():
+    env = dict(os.environ)
+    env['PYTHONPATH'] = os.pathsep.join(
+        [str(REPO)] + ([env['PYTHONPATH']] if env.get('PYTHONPATH') else []))
+    return env
+
+
+def _run(script, *args):
+    return subprocess.run([sys.executable, str(CONVERTERS / script), *args],
+                          env=_env(),
+                          capture_output=True,
+                          text=True,
+                          timeout=300)
+
+
+def _golden(name):
+    path = GOLDEN / name
+    if not path.is_file():
+        pytest.skip(f'golden fixture {path} is not present')
+    return torch.load(path, map_location='cpu')
+
+
+def _load_common():
+    spec = importlib.util.spec_from_file_location(
+        'mmvitmix_converters_common', CONVERTERS / '_common.py')
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _check_rmt_output(data, src, dst, stdout):
+    from mmvitmix.models import RMT
+
+    official = data['checkpoint']['model']
+    classifier = sorted(
+        k for k in official if k.startswith(('proj.', 'norm.', 'head.')))
+    assert classifier, 'the golden file should carry the ImageNet classifier'
+    out = torch.load(dst, map_location='cpu')
+    assert set(out) == {'state_dict', 'meta'}
+    converted = out['state_dict']
+    assert f'converted {len(converted)} keys' in stdout
+    assert f'dropped {len(classifier)} keys' in stdout
+    assert out['meta']['dropped_keys'] == classifier
+    assert out['meta']['source'] == str(Path(src).resolve())
+    assert out['meta']['converter'].endswith('convert_rmt')
+
+    model = RMT(arch=dict(data['config']))
+    result = model.load_state_dict(converted, strict=False)
+    assert result.unexpected_keys == []
+    assert result.missing_keys, 'output norms should be missing'
+    assert all(k.split('.')[0] in {f'norm{i}' for i in range(4)}
+               for k in result.missing_keys), result.missing_keys
+    # values travel unchanged: the stem's first conv is a pure rename
+    assert torch.equal(model.state_dict()['stem.0.weight'],
+                       official['patch_embed.proj.0.weight'])
+
+    # the converted file also loads through init_cfg (already-converted path)
+    model2 = RMT(
+        arch=dict(data['config']),
+        init_cfg=dict(type='Pretrained', checkpoint=str(dst)))
+    model2.init_weights()
+    for key, value in converted.items():
+        assert torch.equal(model2.state_dict()[key], value), key
+
+
+def _save_official(data, path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(data['checkpoint'], path)  # {'model': VisRetNet state dict}
+    return path
+
+
+def test_rmt2mmvitmix_cli(tmp_path):
+    """The script itself, as a user runs it."""
+    data = _golden('rmt_tiny_axial.pt')
+    src = _save_official(data, tmp_path / 'official' / 'rmt.pth')
+    dst = tmp_path / 'nested' / 'out' / 'rmt_mmvitmix.pth'
+    proc = _run('rmt2mmvitmix.py', str(src), str(dst))
+    assert proc.returncode == 0, proc.stderr
+    _check_rmt_output(data, src, dst, proc.stdout)
+
+
+def test_rmt2mmvitmix_whole_ls(tmp_path, capsys):
+    """Whole retention + layer scale, through the shared main() in-process."""
+    from mmvitmix.models.backbones.rmt import convert_rmt
+
+    data = _golden('rmt_tiny_whole_ls.pt')
+    src = _save_official(data, tmp_path / 'rmt.pth')
+    dst = tmp_path / 'a' / 'b' / 'out.pth'
+    summary = _load_common().main(convert_rmt, 'convert', [str(src), str(dst)])
+    assert summary['dst'] == str(dst)
+    _check_rmt_output(data, src, dst, capsys.readouterr().out)
+
+
+def test_converter_errors(tmp_path, capsys):
+    from mmvitmix.models.backbones.rmt import convert_rmt
+
+    main = _load_common().main
+    out = tmp_path / 'out.pth'
+    with pytest.raises(FileNotFoundError, match='does not exist'):
+        main(convert_rmt, 'x', [str(tmp_path / 'missing.pth'), str(out)])
+
+    # a file that pickles a Python object besides tensors needs --allow-pickle
+    data = _golden('rmt_tiny_axial.pt')
+    src = tmp_path / 'with_args.pth'
+    torch.save({'model': data['checkpoint']['model'],
+                'args': argparse.Namespace(lr=0.1)}, src)
+    with pytest.raises(SystemExit, match='--allow-pickle'):
+        main(convert_rmt, 'x', [str(src), str(out)])
+    assert not out.exists()
+    main(convert_rmt, 'x', [str(src), str(out), '--allow-pickle'])
+    assert out.is_file()
+
+    # an unknown key is an error, not a silent drop
+    bad = dict(data['checkpoint']['model'])
+    bad['layers.0.blocks.0.mystery.weight'] = torch.zeros(1)
+    src = tmp_path / 'bad.pth'
+    torch.save({'model': bad}, src)
+    with pytest.raises(KeyError, match='mystery'):
+        main(convert_rmt, 'x', [str(src), str(tmp_path / 'bad_out.pth')])
+    assert not (tmp_path / 'bad_out.pth').exists()
+
+    # the CLI's own usage error
+    with pytest.raises(SystemExit):
+        main(convert_rmt, 'x', [str(src)])
+    assert 'usage:' in capsys.readouterr().err

@@ -1,0 +1,135 @@
+"""Test (evaluate) a checkpoint of a detector, segmentor or classifier.
+
+The same dispatch as ``tools/train.py``: the config's ``default_scope`` (or
+its ``_base_`` prefix) selects MMDetection, MMSegmentation or MMPretrain.
+Examples::
+
+    python tools/test.py CONFIG CHECKPOINT
+    python tools/test.py CONFIG CHECKPOINT --out results.pkl       # mmdet
+    python tools/test.py CONFIG CHECKPOINT --out pred_dir          # mmseg
+    python tools/test.py CONFIG CHECKPOINT --show-dir vis
+    bash tools/dist_test.sh CONFIG CHECKPOINT 8
+"""
+import argparse
+import os.path as osp
+import sys
+
+sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
+
+from mmengine.config import DictAction  # noqa: E402
+
+from _launch_utils import (LAUNCHERS, build_runner, load_config,  # noqa: E402
+                           prepare_cpu_distributed, set_local_rank,
+                           set_work_dir)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(
+        description='Test an mmdet / mmseg / mmpretrain model')
+    parser.add_argument('config', help='test config file path')
+    parser.add_argument('checkpoint', help='checkpoint file')
+    parser.add_argument(
+        '--work-dir',
+        help='folder for the evaluation log and metrics (default: the '
+        'config\'s work_dir, else work_dirs/<config name>)')
+    parser.add_argument(
+        '--out',
+        help='save the predictions: mmdet and mmpretrain, a .pkl file; '
+        'mmseg, a folder of prediction images (format_only style)')
+    parser.add_argument(
+        '--show', action='store_true', help='show the predictions in a window')
+    parser.add_argument(
+        '--show-dir',
+        help='save images with predictions drawn: mmdet, a folder under '
+        'work_dir/<timestamp>; mmseg and mmpretrain, this folder')
+    parser.add_argument(
+        '--wait-time',
+        type=float,
+        default=2,
+        help='seconds each image is shown with --show')
+    parser.add_argument(
+        '--cfg-options',
+        nargs='+',
+        action=DictAction,
+        help='override config entries, key=value (e.g. '
+        'test_dataloader.batch_size=1)')
+    parser.add_argument(
+        '--launcher',
+        choices=LAUNCHERS,
+        default='none',
+        help='job launcher (dist_test.sh uses pytorch)')
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+    args = parser.parse_args(argv)
+    set_local_rank(args.local_rank)
+    return args
+
+
+def trigger_visualization(cfg, args) -> None:
+    """Turn on the visualization hook for --show / --show-dir."""
+    hooks = cfg.get('default_hooks') or {}
+    if 'visualization' not in hooks:
+        raise ValueError(
+            '--show / --show-dir need default_hooks.visualization in the '
+            'config (the library\'s default_runtime provides it)')
+    hook = hooks['visualization']
+    scope = cfg.default_scope
+    if scope == 'mmpretrain':
+        hook['enable'] = True
+        hook['show'] = args.show
+        hook['wait_time'] = args.wait_time
+        if args.show_dir:
+            hook['out_dir'] = args.show_dir
+        return
+    hook['draw'] = True
+    if args.show:
+        hook['show'] = True
+        hook['wait_time'] = args.wait_time
+    if args.show_dir:
+        if scope == 'mmdet':
+            hook['test_out_dir'] = args.show_dir
+        else:  # mmseg: the visualizer saves the drawn images
+            cfg.visualizer['save_dir'] = args.show_dir
+
+
+def add_output(cfg, runner, out: str) -> None:
+    """Make the test loop save predictions to ``out`` (library style)."""
+    scope = cfg.default_scope
+    if scope == 'mmseg':
+        return  # set on the config before the runner is built
+    if not out.endswith(('.pkl', '.pickle')):
+        raise ValueError(f'--out must end with .pkl or .pickle for {scope} '
+                         f'configs, got {out!r}')
+    if scope == 'mmdet':
+        from mmdet.evaluation import DumpDetResults
+        runner.test_evaluator.metrics.append(
+            DumpDetResults(out_file_path=out))
+    else:
+        from mmengine.evaluator import DumpResults
+        runner.test_evaluator.metrics.append(DumpResults(out_file_path=out))
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    cfg = load_config(args.config, args.cfg_options, args.launcher)
+    set_work_dir(cfg, args.work_dir, args.config)
+    if not osp.isfile(args.checkpoint) and '://' not in args.checkpoint:
+        raise FileNotFoundError(
+            f'checkpoint {args.checkpoint!r} does not exist')
+    cfg.load_from = args.checkpoint
+    if args.show or args.show_dir:
+        trigger_visualization(cfg, args)
+    if args.out is not None and cfg.default_scope == 'mmseg':
+        evaluators = cfg.test_evaluator
+        for evaluator in (evaluators if isinstance(evaluators, list) else
+                          [evaluators]):
+            evaluator['output_dir'] = args.out
+            evaluator['keep_results'] = True
+    prepare_cpu_distributed(cfg)
+    runner = build_runner(cfg)
+    if args.out is not None:
+        add_output(cfg, runner, args.out)
+    runner.test()
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,117 @@
+"""Train a detector, segmentor or classifier with an mmvitmix backbone.
+
+One entry point for MMDetection, MMSegmentation and MMPretrain configs: the
+config's ``default_scope`` (or its ``_base_`` prefix, e.g. ``mmdet::``)
+selects the library. Examples::
+
+    python tools/train.py configs/.../mask-rcnn_rmt-t_fpn_1x_coco.py
+    bash tools/dist_train.sh CONFIG 8 --amp
+    python tools/train.py CONFIG --resume                # latest in work_dir
+    python tools/train.py CONFIG --resume PATH.pth
+    python tools/train.py CONFIG --cfg-options train_cfg.max_iters=100
+"""
+import argparse
+import os.path as osp
+import sys
+
+sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
+
+from mmengine.config import DictAction  # noqa: E402
+
+from _launch_utils import (LAUNCHERS, build_runner, load_config,  # noqa: E402
+                           prepare_cpu_distributed, set_local_rank,
+                           set_work_dir)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(
+        description='Train an mmdet / mmseg / mmpretrain model')
+    parser.add_argument('config', help='train config file path')
+    parser.add_argument(
+        '--work-dir',
+        help='folder for logs and checkpoints (default: the config\'s '
+        'work_dir, else work_dirs/<config name>)')
+    parser.add_argument(
+        '--resume',
+        nargs='?',
+        type=str,
+        const='auto',
+        help='resume from this checkpoint; without a path, from the latest '
+        'checkpoint in the work_dir')
+    parser.add_argument(
+        '--amp',
+        action='store_true',
+        help='automatic mixed precision (AmpOptimWrapper, dynamic loss '
+        'scale)')
+    parser.add_argument(
+        '--auto-scale-lr',
+        action='store_true',
+        help='scale the learning rate by the total batch size relative to '
+        'the config\'s auto_scale_lr.base_batch_size')
+    parser.add_argument(
+        '--cfg-options',
+        nargs='+',
+        action=DictAction,
+        help='override config entries, key=value (e.g. '
+        'train_cfg.max_iters=100 model.backbone.drop_path_rate=0.2); lists '
+        'as key="[a,b]" or key=a,b, no spaces inside')
+    parser.add_argument(
+        '--launcher',
+        choices=LAUNCHERS,
+        default='none',
+        help='job launcher (dist_train.sh uses pytorch, slurm_train.sh '
+        'slurm)')
+    # torch.distributed.launch passes --local-rank; torchrun sets LOCAL_RANK
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+    args = parser.parse_args(argv)
+    set_local_rank(args.local_rank)
+    return args
+
+
+def apply_train_args(cfg, args) -> None:
+    """Fold --work-dir, --amp, --auto-scale-lr and --resume into ``cfg``."""
+    set_work_dir(cfg, args.work_dir, args.config)
+
+    if args.amp:
+        optim_wrapper = cfg.optim_wrapper.get('type', 'OptimWrapper')
+        if optim_wrapper == 'AmpOptimWrapper':
+            print('AMP training is already enabled in the config.')
+        else:
+            if optim_wrapper != 'OptimWrapper':
+                raise ValueError(
+                    f'--amp needs optim_wrapper.type OptimWrapper or '
+                    f'AmpOptimWrapper, the config has {optim_wrapper!r}')
+            cfg.optim_wrapper.type = 'AmpOptimWrapper'
+            cfg.optim_wrapper.setdefault('loss_scale', 'dynamic')
+
+    if args.auto_scale_lr:
+        auto = cfg.get('auto_scale_lr')
+        if not auto or 'base_batch_size' not in auto:
+            raise ValueError(
+                '--auto-scale-lr needs auto_scale_lr = dict('
+                'base_batch_size=N) in the config (N: the total batch size '
+                'the learning rate was tuned for)')
+        auto.enable = True
+
+    if args.resume == 'auto':
+        cfg.resume = True
+        cfg.load_from = None
+    elif args.resume is not None:
+        if not osp.isfile(args.resume):
+            raise FileNotFoundError(
+                f'--resume checkpoint {args.resume!r} does not exist')
+        cfg.resume = True
+        cfg.load_from = args.resume
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    cfg = load_config(args.config, args.cfg_options, args.launcher)
+    apply_train_args(cfg, args)
+    prepare_cpu_distributed(cfg)
+    runner = build_runner(cfg)
+    runner.train()
+
+
+if __name__ == '__main__':
+    main()
