@@ -1,0 +1,6 @@
+# Inference-time (re-parameterised) twin of ../retinanet_riformer_s24_1x.py
+# Every RIFormer block's affine token mixer is folded into its first norm.
+# Loads checkpoints written by tools/deploy/reparameterize.py, and
+# training-structure ones too (folded while loading).
+_base_ = '../retinanet_riformer_s24_1x.py'
+model = dict(backbone=dict(deploy=True))

@@ -1,0 +1,5 @@
+_base_ = './fpn_riformer_s12_40k_ade20k.py'
+pretrained = 'checkpoints/riformer/riformer-m48_32xb128_in1k_20230406-2b9d1abf.pth'  # noqa: E501
+model = dict(
+    backbone=dict(arch='m48', init_cfg=dict(checkpoint=pretrained)),
+    neck=dict(in_channels=[96, 192, 384, 768]))

@@ -1,0 +1,9 @@
+from .container_light import ContainerLight, convert_container
+from .rest import ResT, convert_rest
+from .riformer import RIFormer, convert_riformer
+from .rmt import RMT, convert_rmt
+
+__all__ = [
+    'ContainerLight', 'convert_container', 'RMT', 'convert_rmt', 'ResT',
+    'convert_rest', 'RIFormer', 'convert_riformer'
+]
