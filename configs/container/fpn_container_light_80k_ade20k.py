@@ -3,20 +3,12 @@
 # protocol (AdamW lr 1e-4, weight decay 1e-4, poly 0.9, 80k iterations at
 # batch 16), see README.md. Batch: 8 GPUs x 2 images = 16.
 _base_ = [
-    'mmseg::_base_/models/fpn_r50.py', 'mmseg::_base_/datasets/ade20k.py',
-    'mmseg::_base_/default_runtime.py',
-    'mmseg::_base_/schedules/schedule_80k.py'
+    '../_base_/models/fpn_ade20k.py', '../_base_/datasets/ade20k_512.py',
+    '../_base_/default_runtime_seg.py',
+    '../_base_/schedules/schedule_80k_adamw.py'
 ]
 
-custom_imports = dict(imports=['mmvitmix.models'], allow_failed_imports=False)
-default_scope = 'mmseg'
-
-crop_size = (512, 512)
-data_preprocessor = dict(size=crop_size)
 model = dict(
-    data_preprocessor=data_preprocessor,
-    # the base's ResNet `pretrained` would be handed to the backbone
-    pretrained=None,
     backbone=dict(
         _delete_=True,
         type='mmvitmix.ContainerLight',
@@ -31,30 +23,15 @@ model = dict(
         init_cfg=dict(
             type='Pretrained',
             checkpoint='checkpoints/container/container_light_in1k.pth')),
-    neck=dict(in_channels=[64, 128, 320, 512]),
-    decode_head=dict(num_classes=150))
+    neck=dict(in_channels=[64, 128, 320, 512]))
 
-train_dataloader = dict(batch_size=2, num_workers=2)
-
-# PVT's Semantic FPN recipe: AdamW lr 1e-4, weight decay 1e-4, poly decay
-# (power 0.9, to 0) over 80k iterations at batch 16; evaluation every 8k
-optim_wrapper = dict(
-    _delete_=True,
-    type='OptimWrapper',
-    optimizer=dict(type='AdamW', lr=0.0001, weight_decay=0.0001),
-    clip_grad=None)
+# PVT's Semantic FPN recipe: the AdamW of the base (lr 1e-4, weight decay
+# 1e-4) with the poly decay (power 0.9) going to 0 over 80k iterations at
+# batch 16; evaluation every 8k, keeping the latest and the best checkpoints
 param_scheduler = [
-    dict(
-        type='PolyLR',
-        eta_min=0.0,
-        power=0.9,
-        begin=0,
-        end=80000,
-        by_epoch=False)
+    dict(type='PolyLR', eta_min=0.0, power=0.9, begin=0, end=80000,
+         by_epoch=False)
 ]
-train_cfg = dict(max_iters=80000, val_interval=8000)
+train_cfg = dict(val_interval=8000)
 default_hooks = dict(
-    checkpoint=dict(
-        by_epoch=False, interval=8000, max_keep_ckpts=1, save_best='mIoU'))
-
-auto_scale_lr = dict(enable=False, base_batch_size=16)
+    checkpoint=dict(interval=8000, max_keep_ckpts=1, save_best='mIoU'))

@@ -1,39 +1,14 @@
 # Container-Light + Mask R-CNN, 3x schedule + multi-scale training, COCO.
 # Our recipe (no official one exists): mmdet's Swin Mask R-CNN 3x protocol
-# (multi-scale resize / crop policy of DETR, 36 epochs, x0.1 at 27 and 33),
-# on top of maskrcnn_container_light_1x.py. See README.md.
-_base_ = './maskrcnn_container_light_1x.py'
-
-ms_scales = [(480, 1333), (512, 1333), (544, 1333), (576, 1333), (608, 1333),
-             (640, 1333), (672, 1333), (704, 1333), (736, 1333), (768, 1333),
-             (800, 1333)]
-train_pipeline = [
-    dict(type='LoadImageFromFile', backend_args={{_base_.backend_args}}),
-    dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
-    dict(type='RandomFlip', prob=0.5),
-    dict(
-        type='RandomChoice',
-        transforms=[
-            [dict(type='RandomChoiceResize', scales=ms_scales,
-                  keep_ratio=True)],
-            [
-                dict(
-                    type='RandomChoiceResize',
-                    scales=[(400, 1333), (500, 1333), (600, 1333)],
-                    keep_ratio=True),
-                dict(
-                    type='RandomCrop',
-                    crop_type='absolute_range',
-                    crop_size=(384, 600),
-                    allow_negative_crop=True),
-                dict(
-                    type='RandomChoiceResize', scales=ms_scales,
-                    keep_ratio=True)
-            ],
-        ]),
-    dict(type='PackDetInputs')
+# (multi-scale resize / crop policy of DETR from
+# ../_base_/datasets/coco_instance_ms_3x.py, 36 epochs, x0.1 at 27 and 33),
+# with the model and optimiser of maskrcnn_container_light_1x.py
+# (_base_/maskrcnn_container_light.py). See README.md.
+_base_ = [
+    './_base_/maskrcnn_container_light.py',
+    '../_base_/datasets/coco_instance_ms_3x.py',
+    '../_base_/default_runtime_det.py'
 ]
-train_dataloader = dict(dataset=dict(pipeline=train_pipeline))
 
 max_epochs = 36
 train_cfg = dict(max_epochs=max_epochs)

@@ -3,10 +3,12 @@
 # this recipe is ours, mmdet's PVT RetinaNet 1x protocol (AdamW), see
 # README.md.
 # Batch: 8 GPUs x 2 images = 16.
-_base_ = 'mmdet::retinanet/retinanet_r50_fpn_1x_coco.py'
-
-custom_imports = dict(imports=['mmvitmix.models'], allow_failed_imports=False)
-default_scope = 'mmdet'
+_base_ = [
+    'mmdet::_base_/models/retinanet_r50_fpn.py',
+    'mmdet::_base_/datasets/coco_detection.py',
+    'mmdet::_base_/schedules/schedule_1x.py',
+    'mmdet::retinanet/retinanet_tta.py', '../_base_/default_runtime_det.py'
+]
 
 model = dict(
     backbone=dict(
@@ -27,8 +29,6 @@ model = dict(
             checkpoint='checkpoints/container/container_light_in1k.pth')),
     neck=dict(in_channels=[128, 320, 512], start_level=0))
 
-train_dataloader = dict(batch_size=2, num_workers=2)
-
 # mmdet's PVT RetinaNet recipe: AdamW lr 1e-4, weight decay 1e-4; schedule
 # (linear warm-up 500 iters, x0.1 at epochs 8 and 11, 12 epochs) from the
 # mmdet base
@@ -36,6 +36,3 @@ optim_wrapper = dict(
     _delete_=True,
     type='OptimWrapper',
     optimizer=dict(type='AdamW', lr=0.0001, weight_decay=0.0001))
-
-auto_scale_lr = dict(enable=False, base_batch_size=16)
-default_hooks = dict(checkpoint=dict(max_keep_ckpts=1))

@@ -1,40 +1,15 @@
 # ResT-Small + Mask R-CNN, 3x schedule + multi-scale training, COCO.
 # ResT v1 has no official 3x recipe: this is the common Swin / PVT protocol
-# of mmdet (DETR-style multi-scale resize / crop policy, 36 epochs, x0.1 at
-# 27 and 33) on top of the official 1x optimiser (maskrcnn_rest_small_1x.py).
-# maskrcnn_rest_base_3x.py inherits this file.
-_base_ = './maskrcnn_rest_small_1x.py'
-
-ms_scales = [(480, 1333), (512, 1333), (544, 1333), (576, 1333), (608, 1333),
-             (640, 1333), (672, 1333), (704, 1333), (736, 1333), (768, 1333),
-             (800, 1333)]
-train_pipeline = [
-    dict(type='LoadImageFromFile', backend_args={{_base_.backend_args}}),
-    dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
-    dict(type='RandomFlip', prob=0.5),
-    dict(
-        type='RandomChoice',
-        transforms=[
-            [dict(type='RandomChoiceResize', scales=ms_scales,
-                  keep_ratio=True)],
-            [
-                dict(
-                    type='RandomChoiceResize',
-                    scales=[(400, 1333), (500, 1333), (600, 1333)],
-                    keep_ratio=True),
-                dict(
-                    type='RandomCrop',
-                    crop_type='absolute_range',
-                    crop_size=(384, 600),
-                    allow_negative_crop=True),
-                dict(
-                    type='RandomChoiceResize', scales=ms_scales,
-                    keep_ratio=True)
-            ],
-        ]),
-    dict(type='PackDetInputs')
+# of mmdet (DETR-style multi-scale resize / crop policy of
+# ../_base_/datasets/coco_instance_ms_3x.py, 36 epochs, x0.1 at 27 and 33)
+# on top of the official 1x optimiser (_base_/maskrcnn_rest_small.py, shared
+# with maskrcnn_rest_small_1x.py). maskrcnn_rest_base_3x.py inherits this
+# file.
+_base_ = [
+    './_base_/maskrcnn_rest_small.py',
+    '../_base_/datasets/coco_instance_ms_3x.py',
+    '../_base_/default_runtime_det.py'
 ]
-train_dataloader = dict(dataset=dict(pipeline=train_pipeline))
 
 max_epochs = 36
 train_cfg = dict(max_epochs=max_epochs)

@@ -4,10 +4,15 @@
 # train_net.py, detectron2) to mmdet 3.x; see README.md.
 # retinanet_rest_base_1x.py inherits this file.
 # Batch: 8 GPUs x 2 images = 16, as the official runs (IMS_PER_BATCH 16).
-_base_ = 'mmdet::retinanet/retinanet_r50_fpn_1x_coco.py'
-
-custom_imports = dict(imports=['mmvitmix.models'], allow_failed_imports=False)
-default_scope = 'mmdet'
+_base_ = [
+    'mmdet::_base_/models/retinanet_r50_fpn.py',
+    'mmdet::_base_/datasets/coco_detection.py',
+    # official: 90k iterations of 16 images, x0.1 at 60k and 80k,
+    # detectron2's linear warm-up of 1000 iterations from 0.001; as epochs
+    # (mmdet 1x): 12, x0.1 at 8 and 11
+    '../_base_/schedules/schedule_1x_warmup1k.py',
+    'mmdet::retinanet/retinanet_tta.py', '../_base_/default_runtime_det.py'
+]
 
 model = dict(
     backbone=dict(
@@ -44,8 +49,7 @@ train_pipeline = [
     dict(type='RandomFlip', prob=0.5),
     dict(type='PackDetInputs')
 ]
-train_dataloader = dict(
-    batch_size=2, num_workers=2, dataset=dict(pipeline=train_pipeline))
+train_dataloader = dict(dataset=dict(pipeline=train_pipeline))
 
 # official: AdamW lr 1e-4, betas (0.9, 0.999), weight decay 0.05 and none on
 # norm layers (detectron2's WEIGHT_DECAY_NORM 0). Base-RetinaNet.yaml does
@@ -57,24 +61,3 @@ optim_wrapper = dict(
     optimizer=dict(
         type='AdamW', lr=0.0001, betas=(0.9, 0.999), weight_decay=0.05),
     paramwise_cfg=dict(norm_decay_mult=0.))
-
-# official: 90k iterations of 16 images, x0.1 at 60k and 80k, detectron2's
-# linear warm-up of 1000 iterations from 0.001; as epochs (mmdet 1x): 12,
-# x0.1 at 8 and 11
-max_epochs = 12
-train_cfg = dict(max_epochs=max_epochs)
-param_scheduler = [
-    dict(
-        type='LinearLR', start_factor=0.001, by_epoch=False, begin=0,
-        end=1000),
-    dict(
-        type='MultiStepLR',
-        begin=0,
-        end=max_epochs,
-        by_epoch=True,
-        milestones=[8, 11],
-        gamma=0.1)
-]
-
-auto_scale_lr = dict(enable=False, base_batch_size=16)
-default_hooks = dict(checkpoint=dict(max_keep_ckpts=1))

@@ -1,24 +1,17 @@
 # ResT-Small + UperNet, 160k iterations, ADE20K 512x512.
 # ResT v1 has no official segmentation recipe: this is the Swin UperNet
 # protocol of mmseg (AdamW lr 6e-5, weight decay 0.01, none on norms,
-# 1500-iteration warm-up, poly 1.0, 160k iterations), see README.md.
+# 1500-iteration warm-up, poly 1.0, 160k iterations:
+# ../_base_/schedules/schedule_160k_adamw.py), see README.md.
 # upernet_rest_{base,large}_160k_ade20k.py inherit this file.
 # Batch: 8 GPUs x 2 images = 16.
 _base_ = [
-    'mmseg::_base_/models/upernet_r50.py', 'mmseg::_base_/datasets/ade20k.py',
-    'mmseg::_base_/default_runtime.py',
-    'mmseg::_base_/schedules/schedule_160k.py'
+    '../_base_/models/upernet_ade20k.py', '../_base_/datasets/ade20k_512.py',
+    '../_base_/default_runtime_seg.py',
+    '../_base_/schedules/schedule_160k_adamw.py'
 ]
 
-custom_imports = dict(imports=['mmvitmix.models'], allow_failed_imports=False)
-default_scope = 'mmseg'
-
-crop_size = (512, 512)
-data_preprocessor = dict(size=crop_size)
 model = dict(
-    data_preprocessor=data_preprocessor,
-    # the base's ResNet `pretrained` would be handed to the backbone
-    pretrained=None,
     backbone=dict(
         _delete_=True,
         type='mmvitmix.ResT',
@@ -31,35 +24,5 @@ model = dict(
         norm_cfg=dict(type='SyncBN', requires_grad=True),
         init_cfg=dict(
             type='Pretrained', checkpoint='checkpoints/rest/rest_small.pth')),
-    decode_head=dict(in_channels=[64, 128, 256, 512], num_classes=150),
-    auxiliary_head=dict(in_channels=256, num_classes=150))
-
-train_dataloader = dict(batch_size=2, num_workers=2)
-
-# AdamW lr 6e-5, weight decay 0.01, none on norms; linear warm-up 1500
-# iterations from 1e-6, then poly decay (power 1.0) to 0 over 160k
-# iterations, evaluation every 16k
-optim_wrapper = dict(
-    _delete_=True,
-    type='OptimWrapper',
-    optimizer=dict(
-        type='AdamW', lr=0.00006, betas=(0.9, 0.999), weight_decay=0.01),
-    paramwise_cfg=dict(custom_keys={'norm': dict(decay_mult=0.)}))
-param_scheduler = [
-    dict(
-        type='LinearLR', start_factor=1e-6, by_epoch=False, begin=0,
-        end=1500),
-    dict(
-        type='PolyLR',
-        eta_min=0.0,
-        power=1.0,
-        begin=1500,
-        end=160000,
-        by_epoch=False)
-]
-train_cfg = dict(max_iters=160000, val_interval=16000)
-default_hooks = dict(
-    checkpoint=dict(
-        by_epoch=False, interval=16000, max_keep_ckpts=1, save_best='mIoU'))
-
-auto_scale_lr = dict(enable=False, base_batch_size=16)
+    decode_head=dict(in_channels=[64, 128, 256, 512]),
+    auxiliary_head=dict(in_channels=256))

@@ -1,6 +1,6 @@
 # RMT-B + Mask R-CNN, 1x schedule, COCO (official maskrcnn_m_1x.py: the
 # official code calls RMT-B "M2"/"m").
-_base_ = './maskrcnn_rmt_t_1x.py'
+_base_ = './maskrcnn_rmt_s_1x.py'
 
 model = dict(
     backbone=dict(

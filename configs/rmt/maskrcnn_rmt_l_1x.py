@@ -1,5 +1,5 @@
 # RMT-L + Mask R-CNN, 1x schedule, COCO (official maskrcnn_l_1x.py).
-_base_ = './maskrcnn_rmt_t_1x.py'
+_base_ = './maskrcnn_rmt_s_1x.py'
 
 model = dict(
     backbone=dict(

@@ -2,10 +2,12 @@
 # Port of the official qhfan/RMT detect/configs/RMT/retinanet_t_1x.py
 # (mmdet 2.x) to mmdet 3.x. The other retinanet_rmt_* configs inherit this one.
 # Batch: 8 GPUs x 2 images = 16, as the official runs.
-_base_ = 'mmdet::retinanet/retinanet_r50_fpn_1x_coco.py'
-
-custom_imports = dict(imports=['mmvitmix.models'], allow_failed_imports=False)
-default_scope = 'mmdet'
+_base_ = [
+    'mmdet::_base_/models/retinanet_r50_fpn.py',
+    'mmdet::_base_/datasets/coco_detection.py',
+    'mmdet::_base_/schedules/schedule_1x.py',
+    'mmdet::retinanet/retinanet_tta.py', '../_base_/default_runtime_det.py'
+]
 
 model = dict(
     backbone=dict(
@@ -25,8 +27,6 @@ model = dict(
             type='Pretrained', checkpoint='checkpoints/rmt/RMT-T.pth')),
     neck=dict(in_channels=[128, 256, 512], start_level=0))
 
-train_dataloader = dict(batch_size=2, num_workers=2)
-
 # official: AdamW, fp16 with a static loss scale of 512; schedule (linear
 # warm-up 500 iters, x0.1 at epochs 8 and 11, 12 epochs) from the mmdet base
 optim_wrapper = dict(
@@ -34,6 +34,3 @@ optim_wrapper = dict(
     type='AmpOptimWrapper',
     loss_scale=512.,
     optimizer=dict(type='AdamW', lr=0.0004, weight_decay=0.0001))
-
-auto_scale_lr = dict(enable=False, base_batch_size=16)
-default_hooks = dict(checkpoint=dict(max_keep_ckpts=1))
