@@ -71,7 +71,7 @@ def get_extensions():
     ]
     # at::parallel_for is OpenMP inside the headers: without -fopenmp the
     # kernels would run on one thread
-    cxx_flags = ['-O3', '-fopenmp']
+    cxx_flags = ['-O3', '-g0', '-fopenmp', '-Wno-psabi']
     define_macros = []
     with_cuda = (torch.cuda.is_available()
                  or os.environ.get('FORCE_CUDA', '0') == '1')
@@ -87,7 +87,7 @@ def get_extensions():
             define_macros=define_macros,
             extra_compile_args=dict(
                 cxx=cxx_flags,
-                nvcc=['-O3', '-std=c++17', '--expt-relaxed-constexpr']),
+                nvcc=['-O3', '--expt-relaxed-constexpr']),
             extra_link_args=['-fopenmp'])
     else:
         ext = CppExtension(

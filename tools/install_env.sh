@@ -52,14 +52,19 @@ have mmseg 1.2.2 || pipi mmsegmentation==1.2.2
 have mmpretrain 1.2.0 || pipi mmpretrain==1.2.0
 "$PY" -c "import pycocotools, pytest, ftfy, regex" 2>/dev/null || pipi pycocotools pytest ftfy regex
 
-# 6. this package, editable (builds its compiled ops when their sources are present).
-#    The check runs outside the repository, where only an installed mmvitmix can be imported.
+# 6. this package, editable (builds its compiled ops when their sources are present: the CPU
+#    kernels always, the CUDA kernels too where nvcc exists, for sm_80/sm_90; minutes on 2 cores).
+#    The check runs outside the repository, where only an installed mmvitmix can be imported,
+#    and also needs the compiled ops (mmvitmix._ext) to import, so a fresh clone builds them.
+if command -v nvcc >/dev/null 2>&1 || [ -x /usr/local/cuda/bin/nvcc ]; then
+  export FORCE_CUDA=${FORCE_CUDA:-1}
+fi
 REPO=$(pwd)
-if (cd / && "$PY" -c "import mmvitmix, pathlib, sys; sys.exit(0 if pathlib.Path(mmvitmix.__file__).resolve().parent == pathlib.Path('$REPO/mmvitmix').resolve() else 1)") 2>/dev/null \
+if (cd / && "$PY" -c "import torch, mmvitmix, mmvitmix._ext, pathlib, sys; sys.exit(0 if pathlib.Path(mmvitmix.__file__).resolve().parent == pathlib.Path('$REPO/mmvitmix').resolve() else 1)") 2>/dev/null \
    && [ -z "${MMVITMIX_REINSTALL:-}" ]; then
-  step "mmvitmix (editable) present"
+  step "mmvitmix (editable, with its compiled ops) present"
 else
-  step "installing mmvitmix (editable)"
-  pipi --no-build-isolation --no-deps -e .
+  step "installing mmvitmix (editable) and compiling its ops"
+  MAX_JOBS=${MAX_JOBS:-2} pipi --no-build-isolation --no-deps -e .
 fi
 step "done"

@@ -13,13 +13,17 @@ Per batch element, with logits ``T_h = scale · q_h k_hᵀ`` (N×M per head)::
 
 The fused op (``torch.ops.mmvitmix.emsa_forward``, C++/CUDA in ``csrc/``)
 uses that every softmax row sums to one: the map's mean is exactly ``1/M``,
-so ``out_h = (P_h·v_h − mean_j v_h,j) / σ_h`` with
-``σ_h² = Σ_ij P_h,ij² / (N·M) − 1/M² + eps``. One flash-style pass over key
-blocks (all heads' logits of a query tile, mixed, then per head an online
-softmax that also accumulates ``Σ_j P²``) and a cheap normalisation give
-the output without storing any N×M map; the backward recomputes the map
-from the saved per-row logsumexp and ``Σ_j P²``. Gradients flow to q, k, v,
-weight and bias.
+so ``out_h,i = Σ_j (P_h,ij − 1/M) v_h,j / σ_h`` with
+``σ_h² = Σ_ij (P_h,ij − 1/M)² / (N·M) + eps``. One flash-style pass over
+key blocks (all heads' logits of a query tile, mixed, then per head an
+online softmax kept in centred form: the mean of the exponentials, their
+squared deviations and their deviations times v, merged block by block)
+gives the output and the variance without storing any N×M map and without
+the cancellation of ``Σ P² − 1/M`` when the maps are nearly uniform. The
+backward recomputes the map from the saved per-row logsumexp and
+``Σ_j (P_ij − 1/M)²``. Gradients flow to q, k, v and weight; the one of
+the bias is exactly zero (it shifts whole softmax rows) and is returned
+as zeros.
 """
 import os
 from typing import Optional
@@ -121,18 +125,18 @@ def emsa_attention(q: Tensor,
 
 def _setup_context(ctx, inputs, output) -> None:
     q, k, v, weight, bias, scale, eps = inputs
-    out, lse, rowsq = output
-    ctx.save_for_backward(q, k, v, weight, bias, out, lse, rowsq)
+    out, lse, dev2 = output
+    ctx.save_for_backward(q, k, v, weight, bias, out, lse, dev2)
     ctx.scale, ctx.eps = scale, eps
-    ctx.mark_non_differentiable(lse, rowsq)
+    ctx.mark_non_differentiable(lse, dev2)
 
 
-def _backward(ctx, grad_out, grad_lse, grad_rowsq):
-    q, k, v, weight, bias, out, lse, rowsq = ctx.saved_tensors
+def _backward(ctx, grad_out, grad_lse, grad_dev2):
+    q, k, v, weight, bias, out, lse, dev2 = ctx.saved_tensors
     if grad_out is None:
         grad_out = torch.zeros_like(out)
     dq, dk, dv, dweight, dbias = torch.ops.mmvitmix.emsa_backward(
-        grad_out, q, k, v, weight, bias, out, lse, rowsq, ctx.scale, ctx.eps)
+        grad_out, q, k, v, weight, bias, out, lse, dev2, ctx.scale, ctx.eps)
     return dq, dk, dv, dweight, dbias, None, None
 
 
@@ -143,12 +147,14 @@ def _register_library() -> None:
     def _forward_fake(q, k, v, weight, bias, scale, eps):
         batch, heads, n = q.shape[:3]
         stats = _stats_dtype(q.dtype)
-        return (q.new_empty((batch, heads, n, v.shape[-1])),
+        # token-major memory, as the kernels allocate it
+        out = q.new_empty((batch, n, heads, v.shape[-1])).permute(0, 2, 1, 3)
+        return (out,
                 q.new_empty((batch, heads, n), dtype=stats),
                 q.new_empty((batch, heads, n), dtype=stats))
 
     @torch.library.register_fake('mmvitmix::emsa_backward')
-    def _backward_fake(grad_out, q, k, v, weight, bias, out, lse, rowsq,
+    def _backward_fake(grad_out, q, k, v, weight, bias, out, lse, dev2,
                        scale, eps):
         return (torch.empty_like(q), torch.empty_like(k), torch.empty_like(v),
                 weight.new_empty(weight.shape), bias.new_empty(bias.shape))

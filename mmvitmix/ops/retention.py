@@ -235,7 +235,7 @@ def _backward(ctx, grad_out, grad_lse):
 
 
 def _register_library() -> None:
-    """Fake (meta) kernels and autograd of ``torch.ops.mmvitmix.retention_*``."""
+    """Fake (meta) kernels and autograd of ``mmvitmix::retention_*``."""
 
     @torch.library.register_fake('mmvitmix::retention_forward')
     def _forward_fake(q, k, v, log_decay, width):

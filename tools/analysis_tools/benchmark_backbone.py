@@ -1,0 +1,200 @@
+"""Benchmark the RMT-S backbone with the fused attention ops vs the reference.
+
+Inputs of a 800×1333 detection image and a 512×512 segmentation crop;
+inference (eval mode, no grad) and forward + backward (train mode, loss =
+sum of the four stage outputs); the fused path and the reference path
+(``MMVITMIX_FORCE_REFERENCE=1``) side by side. Each configuration runs in
+fresh subprocesses, the two paths alternating for ``--rounds`` rounds of
+``--warmup`` + ``--repeats`` runs; reported are the median and the minimum
+wall time over all timed runs (on a shared machine the minimum is the less
+disturbed figure) and the peak extra memory of one run (CUDA:
+``torch.cuda.max_memory_allocated``; CPU: the peak resident memory above
+the level before the run, measured in a separate subprocess in which glibc
+returns large blocks to the OS, which would distort timings). Weights are
+random (speed does not depend on them).
+
+Examples::
+
+    python tools/analysis_tools/benchmark_backbone.py --device cpu \\
+        --threads 2 --inputs seg512 --modes infer
+    python tools/analysis_tools/benchmark_backbone.py --device cuda \\
+        --batch 2 --amp bf16
+"""
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+
+INPUTS = {'det800x1333': (800, 1333), 'seg512': (512, 512)}
+
+
+def read_status(key):
+    with open('/proc/self/status') as f:
+        for line in f:
+            if line.startswith(key + ':'):
+                return int(line.split()[1]) * 1024
+    raise KeyError(key)
+
+
+def measure(args, size, mode, method, what):
+    """Wall times (s) of the timed runs, or the peak extra memory (MiB)."""
+    os.environ['MMVITMIX_FORCE_REFERENCE'] = '1' if method == 'reference' \
+        else '0'
+    from mmvitmix.models.backbones.rmt import RMT
+    torch.manual_seed(0)
+    model = RMT(arch=args.arch, drop_path_rate=0.).to(args.device)
+    train = mode == 'fwd+bwd'
+    model.train(train)
+    x = torch.randn(args.batch, 3, *size, device=args.device)
+    amp = dict(bf16=torch.bfloat16, fp16=torch.float16).get(args.amp)
+
+    def step():
+        with torch.autocast(args.device, dtype=amp, enabled=amp is not None):
+            if train:
+                loss = sum(o.float().sum() for o in model(x))
+            else:
+                with torch.no_grad():
+                    model(x)
+                return
+        loss.backward()
+        model.zero_grad(set_to_none=True)
+
+    def sync():
+        if args.device == 'cuda':
+            torch.cuda.synchronize()
+
+    for _ in range(args.warmup):
+        step()
+    sync()
+    if what == 'memory':
+        if args.device == 'cuda':
+            torch.cuda.reset_peak_memory_stats()
+            base = torch.cuda.memory_allocated()
+            step()
+            sync()
+            peak = torch.cuda.max_memory_allocated() - base
+        else:
+            with open('/proc/self/clear_refs', 'w') as f:
+                f.write('5')  # reset the peak resident set
+            base = read_status('VmRSS')
+            step()
+            peak = read_status('VmHWM') - base
+        return peak / 2**20
+    times = []
+    for _ in range(args.repeats):
+        start = time.perf_counter()
+        step()
+        sync()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--device', default='cuda'
+                        if torch.cuda.is_available() else 'cpu',
+                        choices=['cpu', 'cuda'])
+    parser.add_argument('--arch', default='s', help='RMT arch name')
+    parser.add_argument('--batch', type=int, default=1)
+    parser.add_argument('--amp', default='none',
+                        choices=['none', 'bf16', 'fp16'])
+    parser.add_argument('--threads', type=int, default=torch.get_num_threads())
+    parser.add_argument('--warmup', type=int, default=1)
+    parser.add_argument('--repeats', type=int, default=3)
+    parser.add_argument('--rounds', type=int, default=2,
+                        help='alternating fused / reference subprocesses')
+    parser.add_argument('--inputs', nargs='+', default=list(INPUTS),
+                        choices=list(INPUTS))
+    parser.add_argument('--modes', nargs='+', default=['infer', 'fwd+bwd'],
+                        choices=['infer', 'fwd+bwd'])
+    parser.add_argument('--child', help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.child is not None:
+        name, mode, method, what = json.loads(args.child)
+        print(json.dumps(measure(args, INPUTS[name], mode, method, what)))
+        return
+
+    from mmvitmix.ops import _dispatch
+    if not _dispatch.load_ext():
+        sys.exit(f'mmvitmix._ext is not built: {_dispatch.ext_error()}')
+    device_name = (torch.cuda.get_device_name()
+                   if args.device == 'cuda' else _cpu_name())
+    print(f'# RMT-{args.arch} backbone; device: {device_name}; torch '
+          f'{torch.__version__}; batch {args.batch}; amp {args.amp}; '
+          f'threads {args.threads}; {args.rounds} rounds x {args.repeats} '
+          f'timed runs after {args.warmup} warm-up; seconds as median '
+          '(min)')
+    print('| input | mode | fused s | fused MiB | reference s | '
+          'reference MiB | speedup median (min) |')
+    print('|---|---|---|---|---|---|---|')
+    base_cmd = [
+        sys.executable, __file__, '--device', args.device, '--arch',
+        args.arch, '--batch', str(args.batch), '--amp', args.amp, '--threads',
+        str(args.threads), '--warmup', str(args.warmup), '--repeats',
+        str(args.repeats)
+    ]
+
+    def child(name, mode, method, what):
+        env = dict(os.environ)
+        if what == 'memory':
+            env['MALLOC_MMAP_THRESHOLD_'] = '65536'
+        out = subprocess.run(
+            base_cmd + ['--child', json.dumps([name, mode, method, what])],
+            env=env,
+            capture_output=True,
+            text=True)
+        if out.returncode != 0:
+            print(f'# {name} {mode} {method} {what} failed: '
+                  f'{out.stderr[-800:]}', file=sys.stderr)
+            return None
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+    methods = ('fused', 'reference')
+    for name in args.inputs:
+        for mode in args.modes:
+            times = {m: [] for m in methods}
+            for _ in range(args.rounds):
+                for method in methods:
+                    res = child(name, mode, method, 'time')
+                    if res is not None:
+                        times[method] += res
+            mem = {m: child(name, mode, m, 'memory') for m in methods}
+            cells = []
+            for method in methods:
+                t = times[method]
+                cells.append(f'{statistics.median(t):.3f} ({min(t):.3f})'
+                             if t else 'failed')
+                cells.append(f'{mem[method]:.0f}'
+                             if mem[method] is not None else '-')
+            if all(times.values()):
+                ref_t, fused_t = times['reference'], times['fused']
+                by_median = statistics.median(ref_t) / statistics.median(
+                    fused_t)
+                by_min = min(ref_t) / min(fused_t)
+                speed = f'{by_median:.2f}x ({by_min:.2f}x)'
+            else:
+                speed = '-'
+            print(f'| {name} | {mode} | ' + ' | '.join(cells) +
+                  f' | {speed} |', flush=True)
+
+
+def _cpu_name():
+    try:
+        with open('/proc/cpuinfo') as f:
+            for line in f:
+                if line.startswith('model name'):
+                    return line.split(':', 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+    return platform.processor() or 'CPU'
+
+
+if __name__ == '__main__':
+    main()
