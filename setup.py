@@ -3,10 +3,15 @@
 The OpenMMLab stack (torch, mmengine, mmcv with ops, mmdet, mmseg,
 mmpretrain) is installed by ``tools/install_env.sh`` (or already present on a
 user's machine); this file installs the package itself, editable with
-``pip install --no-build-isolation -e .``.
+``pip install --no-build-isolation --use-pep517 -e .``, and compiles its
+fused ops (``mmvitmix._ext``, see :func:`get_extensions`). Both flags
+matter: the build must see the installed torch, and without
+``--use-pep517`` pip takes the legacy ``setup.py develop`` route, which
+setuptools >= 80 hands to an isolated build (no torch, no ops).
 """
 import os
 import re
+import sys
 
 from setuptools import find_packages, setup
 
@@ -60,6 +65,10 @@ def get_extensions():
         from torch.utils.cpp_extension import (BuildExtension, CppExtension,
                                                CUDAExtension)
     except ImportError:
+        print('mmvitmix: torch is not importable here, so the fused ops '
+              '(mmvitmix._ext) are NOT built and the PyTorch reference ops '
+              'will be used; install with `pip install --no-build-isolation '
+              '--use-pep517 -e .` to build them', file=sys.stderr)
         return [], {}
     from glob import glob
     csrc = os.path.join('mmvitmix', 'ops', 'csrc')

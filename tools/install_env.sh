@@ -65,6 +65,10 @@ if (cd / && "$PY" -c "import torch, mmvitmix, mmvitmix._ext, pathlib, sys; sys.e
   step "mmvitmix (editable, with its compiled ops) present"
 else
   step "installing mmvitmix (editable) and compiling its ops"
-  MAX_JOBS=${MAX_JOBS:-2} pipi --no-build-isolation --no-deps -e .
+  # --use-pep517: without a pyproject.toml pip would take the legacy `setup.py develop`
+  # route, which setuptools >= 80 hands to an isolated build without torch (no ops)
+  MAX_JOBS=${MAX_JOBS:-2} pipi --no-build-isolation --no-deps --use-pep517 -e .
+  (cd / && "$PY" -c "import torch, mmvitmix._ext") \
+    || { echo "[install_env] mmvitmix._ext did not build; see the compiler output above" >&2; exit 1; }
 fi
 step "done"
