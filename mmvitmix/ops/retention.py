@@ -125,8 +125,13 @@ def _retention_fused(q: Tensor, k: Tensor, v: Tensor, log_decay: Tensor,
     return out.to(v.dtype)
 
 
-def _fused_kernel(q: Tensor):
-    if _use_reference():
+#: the CUDA kernels' largest head dim (the CPU kernel takes any)
+CUDA_MAX_HEAD_DIM = 128
+
+
+def _fused_kernel(q: Tensor, v: Tensor):
+    if _use_reference() or (q.is_cuda and max(q.shape[-1], v.shape[-1]) >
+                            CUDA_MAX_HEAD_DIM):
         return None
     from . import _dispatch
     return _dispatch.get_kernel('retention', q)
@@ -134,7 +139,7 @@ def _fused_kernel(q: Tensor):
 
 def retention_1d(q: Tensor, k: Tensor, v: Tensor, log_decay: Tensor) -> Tensor:
     """1-D retention on (N, heads, L, D): fused where available."""
-    fused = _fused_kernel(q)
+    fused = _fused_kernel(q, v)
     if fused is not None:
         return fused(q.unsqueeze(2), k.unsqueeze(2), v.unsqueeze(2),
                      log_decay, 0).squeeze(2)
@@ -147,7 +152,7 @@ def retention_2d(q: Tensor, k: Tensor, v: Tensor, log_decay: Tensor,
     height, width = hw
     if height * width != q.shape[-2]:
         raise ValueError(f'hw={hw} does not match {q.shape[-2]} tokens')
-    fused = _fused_kernel(q)
+    fused = _fused_kernel(q, v)
     if fused is not None:
         return fused(q.unsqueeze(2), k.unsqueeze(2), v.unsqueeze(2),
                      log_decay, width).squeeze(2)
@@ -173,7 +178,7 @@ def retention_attention(q: Tensor, k: Tensor, v: Tensor, log_decay: Tensor,
     """
     bsz, heads, height, width, dk = q.shape
     dv = v.shape[-1]
-    fused = _fused_kernel(q)
+    fused = _fused_kernel(q, v)
     if fused is not None:
         if not decomposed:
             out = fused(

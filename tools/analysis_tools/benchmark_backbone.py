@@ -27,8 +27,12 @@ import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import torch
+
+# benchmark the checkout this script belongs to, whatever is installed
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 INPUTS = {'det800x1333': (800, 1333), 'seg512': (512, 512)}
 
@@ -43,6 +47,9 @@ def read_status(key):
 
 def measure(args, size, mode, method, what):
     """Wall times (s) of the timed runs, or the peak extra memory (MiB)."""
+    from mmvitmix.ops import _dispatch
+    if method == 'fused' and not _dispatch.load_ext():
+        sys.exit(f'mmvitmix._ext is not built: {_dispatch.ext_error()}')
     os.environ['MMVITMIX_FORCE_REFERENCE'] = '1' if method == 'reference' \
         else '0'
     from mmvitmix.models.backbones.rmt import RMT

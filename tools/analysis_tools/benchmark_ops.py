@@ -26,8 +26,12 @@ import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import torch
+
+# benchmark the checkout this script belongs to, whatever is installed
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 # (name, heads, head_dim, decomposed) per RMT-S stage
 RMT_S_STAGES = [('stage1', 4, 16, True), ('stage2', 4, 32, True),
@@ -101,9 +105,12 @@ def flex_retention(q, k, v, log_decay, decomposed):
 
 
 def layer_fn(method):
+    from mmvitmix.ops import _dispatch
     from mmvitmix.ops.retention import retention_attention
     if method == 'flex':
         return flex_retention
+    if method == 'fused' and not _dispatch.load_ext():
+        sys.exit(f'mmvitmix._ext is not built: {_dispatch.ext_error()}')
     os.environ['MMVITMIX_FORCE_REFERENCE'] = '1' if method == 'reference' \
         else '0'
     return retention_attention
