@@ -13,8 +13,15 @@ Definitions (per head ``h`` with decay ``log_gamma[h] = log(γ_h) < 0``)::
 
 Decomposed ReSA is the 1-D op along W (every image row) followed by the 1-D
 op along H (every column) applied to the W pass's output; whole ReSA is the
-2-D op. Queries and keys arrive already rotated and keys already scaled by
-``head_dim ** -0.5``.
+2-D op.
+
+Queries and keys reach :func:`retention_attention` as the projections; RMT's
+rotary position shift (:func:`theta_shift`, tables ``sin``/``cos``) and the
+logit scale ``head_dim ** -0.5`` are part of the seam: the reference path
+applies them in PyTorch exactly as the official code does (``k * scale``,
+then ``theta_shift`` of q and k), the fused CPU kernel applies them while it
+gathers q and k (the rotated tensors never exist in memory; the CUDA route
+rotates with ATen before its kernel).
 
 The fused op works on 5-D ``(B, heads, S, L, D)`` tensors of any strides
 (``S`` independent sequences of ``L`` tokens each) and writes its output in
@@ -24,20 +31,33 @@ computes the bias from the token indices, keeps one (float32) logsumexp per
 query and recomputes the attention map in backward: no L×L tensor is ever
 stored. Gradients flow to ``q``, ``k``, ``v`` and ``log_decay``.
 """
+import math
 import os
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 from torch import Tensor
 
 __all__ = [
-    'retention_attention', 'retention_1d', 'retention_2d',
-    'retention_1d_pytorch', 'retention_2d_pytorch', 'decay_bias_1d',
-    'decay_bias_2d'
+    'retention_attention', 'retention_1d', 'retention_2d', 'theta_shift',
+    'rotate_every_two', 'retention_1d_pytorch', 'retention_2d_pytorch',
+    'decay_bias_1d', 'decay_bias_2d'
 ]
 
 #: set ``MMVITMIX_FORCE_REFERENCE=1`` to force the plain-PyTorch path
 FORCE_REFERENCE_ENV = 'MMVITMIX_FORCE_REFERENCE'
+
+
+def rotate_every_two(x: Tensor) -> Tensor:
+    """(x0, x1, x2, x3, ...) -> (-x1, x0, -x3, x2, ...) on the last dim."""
+    x1 = x[..., ::2]
+    x2 = x[..., 1::2]
+    return torch.stack([-x2, x1], dim=-1).flatten(-2)
+
+
+def theta_shift(x: Tensor, sin: Tensor, cos: Tensor) -> Tensor:
+    """Rotary position shift with per-token ``sin``/``cos`` tables."""
+    return x * cos + rotate_every_two(x) * sin
 
 
 def _bias_dtype(q: Tensor, log_decay: Tensor) -> torch.dtype:
@@ -110,18 +130,27 @@ def _stats_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def _retention_fused(q: Tensor, k: Tensor, v: Tensor, log_decay: Tensor,
-                     width: int) -> Tensor:
+def _retention_fused(q: Tensor,
+                     k: Tensor,
+                     v: Tensor,
+                     log_decay: Tensor,
+                     width: int,
+                     sin: Optional[Tensor] = None,
+                     cos: Optional[Tensor] = None,
+                     scale: float = 1.0) -> Tensor:
     """The fused op on 5-D ``(B, heads, S, L, D)`` tensors.
 
     ``width`` 0: 1-D distance along ``L``; else ``L = H·width`` tokens in
-    row-major order with the Manhattan distance. Mixed input dtypes (as
-    under autocast) are computed in their promoted dtype; the result has
-    ``v``'s dtype, as the reference's.
+    row-major order with the Manhattan distance. With ``sin``/``cos``
+    (S, L, Dk) the op uses ``scale·theta_shift(q)`` and ``theta_shift(k)``;
+    without them ``scale·q`` and ``k``. Mixed input dtypes (as under
+    autocast) are computed in their promoted dtype; the result has ``v``'s
+    dtype, as the reference's.
     """
     dtype = torch.promote_types(torch.promote_types(q.dtype, k.dtype), v.dtype)
     out, _ = torch.ops.mmvitmix.retention_forward(
-        q.to(dtype), k.to(dtype), v.to(dtype), log_decay, width)
+        q.to(dtype), k.to(dtype), v.to(dtype), log_decay, width, sin, cos,
+        float(scale))
     return out.to(v.dtype)
 
 
@@ -159,41 +188,88 @@ def retention_2d(q: Tensor, k: Tensor, v: Tensor, log_decay: Tensor,
     return retention_2d_pytorch(q, k, v, log_decay, hw)
 
 
-def retention_attention(q: Tensor, k: Tensor, v: Tensor, log_decay: Tensor,
-                        decomposed: bool) -> Tensor:
+def _check_rotary(q: Tensor, sin: Optional[Tensor], cos: Optional[Tensor],
+                  scale: float) -> None:
+    if (sin is None) != (cos is None):
+        raise ValueError('retention_attention: give both rotary tables sin '
+                         'and cos, or neither')
+    if sin is not None:
+        expect = tuple(q.shape[2:])
+        for name, table in (('sin', sin), ('cos', cos)):
+            if tuple(table.shape) != expect:
+                raise ValueError(
+                    f'retention_attention: {name} must be (H, W, Dk) = '
+                    f'{expect}, got {tuple(table.shape)}')
+            if table.requires_grad:
+                raise ValueError(
+                    f'retention_attention: {name} requires grad, but no '
+                    'gradient is computed for the rotary tables')
+    if not math.isfinite(scale):
+        raise ValueError(f'retention_attention: scale must be finite, got '
+                         f'{scale}')
+
+
+def retention_attention(q: Tensor,
+                        k: Tensor,
+                        v: Tensor,
+                        log_decay: Tensor,
+                        decomposed: bool,
+                        sin: Optional[Tensor] = None,
+                        cos: Optional[Tensor] = None,
+                        scale: float = 1.0) -> Tensor:
     """The attention core of one RMT retention layer.
 
+    Computes the retention of ``theta_shift(q)``, ``theta_shift(k · scale)``
+    and ``v``
+    (without ``sin``/``cos``: on ``q`` and ``k · scale`` as given).
+
     Args:
-        q (Tensor): (B, heads, H, W, Dk) rotated queries.
-        k (Tensor): (B, heads, H, W, Dk) rotated keys, already multiplied
-            by ``Dk ** -0.5``.
+        q (Tensor): (B, heads, H, W, Dk) queries (the projection, not yet
+            rotated when ``sin``/``cos`` are given).
+        k (Tensor): (B, heads, H, W, Dk) keys, likewise.
         v (Tensor): (B, heads, H, W, Dv) values.
         log_decay (Tensor): (heads,) ``log γ_h``.
         decomposed (bool): True: the W pass then the H pass (decomposed
             ReSA, early stages). False: whole ReSA over H·W tokens with the
             Manhattan distance.
+        sin, cos (Tensor, optional): (H, W, Dk) rotary tables (RMT's
+            ``RetNetRelPos2d``); no grad flows to them. Default: None.
+        scale (float): multiplies the logits (RMT: ``Dk ** -0.5``).
+            Default: 1.0.
 
     Returns:
         Tensor: (B, heads, H, W, Dv).
     """
+    _check_rotary(q, sin, cos, scale)
     bsz, heads, height, width, dk = q.shape
     dv = v.shape[-1]
     fused = _fused_kernel(q, v)
     if fused is not None:
         if not decomposed:
+            hw = height * width
+            tables = ((sin.reshape(1, hw, dk), cos.reshape(1, hw, dk))
+                      if sin is not None else (None, None))
             out = fused(
-                q.reshape(bsz, heads, 1, height * width, dk),
-                k.reshape(bsz, heads, 1, height * width, dk),
-                v.reshape(bsz, heads, 1, height * width, dv), log_decay,
-                width)
+                q.reshape(bsz, heads, 1, hw, dk),
+                k.reshape(bsz, heads, 1, hw, dk),
+                v.reshape(bsz, heads, 1, hw, dv), log_decay, width, *tables,
+                scale)
             return out.reshape(bsz, heads, height, width, dv)
         # W pass: S = H sequences of W tokens, read in place; H pass over
-        # the transposed views (no copies, the output keeps v's layout)
-        out_w = fused(q, k, v, log_decay, 0)
+        # the transposed views (no copies, the output keeps v's layout);
+        # both passes rotate q and k on the fly
+        tables_t = ((sin.transpose(0, 1), cos.transpose(0, 1))
+                    if sin is not None else (None, None))
+        out_w = fused(q, k, v, log_decay, 0, sin, cos, scale)
         out = fused(
             q.transpose(2, 3), k.transpose(2, 3), out_w.transpose(2, 3),
-            log_decay, 0)
+            log_decay, 0, *tables_t, scale)
         return out.transpose(2, 3)
+    if scale != 1.0:
+        k = k * scale
+    if sin is not None:
+        q = theta_shift(q, sin, cos)
+        k = theta_shift(k, sin, cos)
     if not decomposed:
         out = retention_2d_pytorch(
             q.reshape(bsz, heads, height * width, dk),
@@ -222,34 +298,42 @@ def retention_attention(q: Tensor, k: Tensor, v: Tensor, log_decay: Tensor,
 
 
 def _setup_context(ctx, inputs, output) -> None:
-    q, k, v, log_decay, width = inputs
+    q, k, v, log_decay, width, sin, cos, scale = inputs
+    for name, table in (('sin', sin), ('cos', cos)):
+        if table is not None and table.requires_grad:
+            raise ValueError(f'retention: {name} requires grad, but no '
+                             'gradient is computed for the rotary tables')
     out, lse = output
-    ctx.save_for_backward(q, k, v, out, lse, log_decay)
+    ctx.save_for_backward(q, k, v, out, lse, log_decay, sin, cos)
     ctx.width = width
+    ctx.scale = scale
     ctx.mark_non_differentiable(lse)
 
 
 def _backward(ctx, grad_out, grad_lse):
-    q, k, v, out, lse, log_decay = ctx.saved_tensors
+    q, k, v, out, lse, log_decay, sin, cos = ctx.saved_tensors
     decay_grad = bool(ctx.needs_input_grad[3])
     if grad_out is None:
         grad_out = torch.zeros_like(out)
     dq, dk, dv, ddecay = torch.ops.mmvitmix.retention_backward(
-        grad_out, q, k, v, out, lse, log_decay, ctx.width, decay_grad)
-    return dq, dk, dv, (ddecay if decay_grad else None), None
+        grad_out, q, k, v, out, lse, log_decay, ctx.width, decay_grad, sin,
+        cos, ctx.scale)
+    return (dq, dk, dv, (ddecay if decay_grad else None), None, None, None,
+            None)
 
 
 def _register_library() -> None:
     """Fake (meta) kernels and autograd of ``mmvitmix::retention_*``."""
 
     @torch.library.register_fake('mmvitmix::retention_forward')
-    def _forward_fake(q, k, v, log_decay, width):
+    def _forward_fake(q, k, v, log_decay, width, sin=None, cos=None,
+                      scale=1.0):
         lse = q.new_empty(q.shape[:4], dtype=_stats_dtype(q.dtype))
         return torch.empty_like(v), lse
 
     @torch.library.register_fake('mmvitmix::retention_backward')
     def _backward_fake(grad_out, q, k, v, out, lse, log_decay, width,
-                       decay_grad):
+                       decay_grad, sin=None, cos=None, scale=1.0):
         return (torch.empty_like(q), torch.empty_like(k), torch.empty_like(v),
                 log_decay.new_empty(log_decay.shape))
 

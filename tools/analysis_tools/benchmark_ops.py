@@ -2,7 +2,10 @@
 
 RMT-S retention layers at the stage grids of a 800×1333 detection input
 and a 512×512 segmentation input (batch 1 unless ``--batch``): decomposed
-ReSA (W pass + H pass) in stages 1-3, whole ReSA in stage 4. Each case runs
+ReSA (W pass + H pass) in stages 1-3, whole ReSA in stage 4, each as the
+backbone calls ``retention_attention``: the q/k/v projections with the key
+scale and the rotary tables (the reference rotates in PyTorch, the fused CPU
+kernel while it gathers q and k). Each case runs
 the fused op and the reference side by side (and, on CUDA,
 ``torch.nn.attention.flex_attention`` with the same decay bias as a
 ``score_mod``), forward only and forward + backward. Each method runs in
@@ -55,26 +58,41 @@ def stage_grids(height, width):
 
 
 def make_inputs(batch, heads, dim, grid, device, dtype, requires_grad):
-    """q, k, v in the backbone's layout: (B, H, W, heads, D) permuted."""
+    """A retention layer's inputs as RMT-S's backbone passes them.
+
+    q, k, v: the projections in the backbone's layout, (B, H, W, heads, D)
+    permuted to (B, heads, H, W, D); log_decay and the rotary sin/cos tables
+    from the backbone's own ``RetentionRelPos``.
+    """
+    from mmvitmix.models.backbones.rmt import RetentionRelPos
     height, width = grid
     gen = torch.Generator().manual_seed(0)
 
-    def proj(scale):
+    def proj():
         x = torch.randn(batch, height, width, heads, dim, generator=gen)
-        x = (x * scale).to(device=device, dtype=dtype)
+        x = x.to(device=device, dtype=dtype)
         return x.permute(0, 3, 1, 2, 4).requires_grad_(requires_grad)
 
-    log_decay = torch.log(1 - 2**(-2 - 4 * torch.arange(heads) / heads))
-    return proj(1.0), proj(dim**-0.5), proj(1.0), log_decay.to(device)
+    rel_pos = RetentionRelPos(heads * dim, heads, 2, 4).to(device)
+    sin, cos = rel_pos(height, width, dtype)
+    return proj(), proj(), proj(), rel_pos.log_decay, sin, cos
 
 
-def flex_retention(q, k, v, log_decay, decomposed):
-    """The same layer with flex_attention and the decay as a score_mod."""
+def flex_retention(q, k, v, log_decay, decomposed, sin, cos, scale):
+    """The same layer with flex_attention and the decay as a score_mod.
+
+    The rotary shift and the key scale run in PyTorch before it, as in the
+    reference path.
+    """
     from torch.nn.attention.flex_attention import flex_attention
+
+    from mmvitmix.ops.retention import theta_shift
     global _FLEX
     if '_FLEX' not in globals():
         _FLEX = torch.compile(flex_attention, dynamic=False)
     bsz, heads, height, width, dim = q.shape
+    q = theta_shift(q, sin, cos)
+    k = theta_shift(k * scale, sin, cos)
 
     def run(q4, k4, v4, row):
 
@@ -134,18 +152,20 @@ def measure(method, case, args, what):
     stage, heads, dim, decomposed, grid, mode = case
     fn = layer_fn(method)
     train = mode == 'fwd+bwd'
-    q, k, v, log_decay = make_inputs(args.batch, heads, dim, grid,
-                                     args.device, DTYPES[args.dtype], train)
+    q, k, v, log_decay, sin, cos = make_inputs(args.batch, heads, dim, grid,
+                                               args.device,
+                                               DTYPES[args.dtype], train)
+    scale = dim**-0.5
 
     def step():
         if train:
-            out = fn(q, k, v, log_decay, decomposed)
+            out = fn(q, k, v, log_decay, decomposed, sin, cos, scale)
             out.backward(torch.ones_like(out))
             for t in (q, k, v):
                 t.grad = None
         else:
             with torch.no_grad():
-                fn(q, k, v, log_decay, decomposed)
+                fn(q, k, v, log_decay, decomposed, sin, cos, scale)
 
     for _ in range(args.warmup):
         step()

@@ -8,9 +8,14 @@
 // width == 0 (1-D), else the Manhattan distance of i and j on a grid with
 // rows of `width` tokens (2-D, L = H·width). Tensors are 5-D
 // (B, heads, S, L, D) with any strides; the output takes v's layout.
+//
+// Optional: rotary tables sin/cos (S, L, Dk) and a logit scale; then q and k
+// are the un-rotated projections and the op uses q' = scale·rot(q),
+// k' = rot(k) (see retention_rotary.hpp); gradients are w.r.t. q and k.
 #include <torch/library.h>
 
 #include "pytorch_cpp_helper.hpp"
+#include "retention_rotary.hpp"
 
 namespace mmvitmix {
 
@@ -18,11 +23,12 @@ std::tuple<Tensor, Tensor> retention_forward_cpu(const Tensor& q,
                                                  const Tensor& k,
                                                  const Tensor& v,
                                                  const Tensor& log_decay,
-                                                 int64_t width);
+                                                 int64_t width,
+                                                 const RotaryTables& rotary);
 std::tuple<Tensor, Tensor, Tensor, Tensor> retention_backward_cpu(
     const Tensor& grad_out, const Tensor& q, const Tensor& k, const Tensor& v,
     const Tensor& out, const Tensor& lse, const Tensor& log_decay,
-    int64_t width, bool decay_grad);
+    int64_t width, bool decay_grad, const RotaryTables& rotary);
 #ifdef MMVITMIX_WITH_CUDA
 std::tuple<Tensor, Tensor> retention_forward_cuda(const Tensor& q,
                                                   const Tensor& k,
@@ -71,27 +77,40 @@ void check_inputs(const Tensor& q, const Tensor& k, const Tensor& v,
               q.size(3), " tokens do not fill rows of width ", width);
 }
 
-std::tuple<Tensor, Tensor> retention_forward(const Tensor& q, const Tensor& k,
-                                             const Tensor& v,
-                                             const Tensor& log_decay,
-                                             int64_t width) {
+// k's share of the rotary step (rotation, no scale)
+RotaryTables key_part(const RotaryTables& r) {
+  RotaryTables k = r;
+  k.scale = 1.0;
+  return k;
+}
+
+std::tuple<Tensor, Tensor> retention_forward(
+    const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& log_decay,
+    int64_t width, const std::optional<Tensor>& sin,
+    const std::optional<Tensor>& cos, double scale) {
   check_inputs(q, k, v, log_decay, width);
+  const RotaryTables rot = make_rotary(kOp, q, sin, cos, scale);
   if (q.is_cuda()) {
 #ifdef MMVITMIX_WITH_CUDA
-    return retention_forward_cuda(q, k, v, log_decay, width);
+    // the CUDA kernels take q', k': rotate with ATen first
+    return retention_forward_cuda(rotary_apply(q, rot, false),
+                                  rotary_apply(k, key_part(rot), false), v,
+                                  log_decay, width);
 #else
     TORCH_CHECK(false, "retention: mmvitmix was built without CUDA");
 #endif
   }
   TORCH_CHECK(q.is_cpu(), "retention: unsupported device ", q.device());
-  return retention_forward_cpu(q, k, v, log_decay, width);
+  return retention_forward_cpu(q, k, v, log_decay, width, rot);
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor> retention_backward(
     const Tensor& grad_out, const Tensor& q, const Tensor& k, const Tensor& v,
     const Tensor& out, const Tensor& lse, const Tensor& log_decay,
-    int64_t width, bool decay_grad) {
+    int64_t width, bool decay_grad, const std::optional<Tensor>& sin,
+    const std::optional<Tensor>& cos, double scale) {
   check_inputs(q, k, v, log_decay, width);
+  const RotaryTables rot = make_rotary(kOp, q, sin, cos, scale);
   TORCH_CHECK(grad_out.sizes() == v.sizes() && out.sizes() == v.sizes(),
               "retention: grad_out ", grad_out.sizes(), " and out ",
               out.sizes(), " must have v's shape ", v.sizes());
@@ -109,15 +128,35 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> retention_backward(
   check_same_device(kOp, "lse", lse, q);
   if (q.is_cuda()) {
 #ifdef MMVITMIX_WITH_CUDA
-    return retention_backward_cuda(grad_out, q, k, v, out, lse, log_decay,
-                                   width, decay_grad);
+    if (rot.is_identity()) {
+      return retention_backward_cuda(grad_out, q, k, v, out, lse, log_decay,
+                                     width, decay_grad);
+    }
+    // gradients w.r.t. q', k', then back through scale · rotᵀ
+    const RotaryTables krot = key_part(rot);
+    auto grads = retention_backward_cuda(
+        grad_out, rotary_apply(q, rot, false), rotary_apply(k, krot, false), v,
+        out, lse, log_decay, width, decay_grad);
+    return {rotary_apply(std::get<0>(grads), rot, true),
+            rotary_apply(std::get<1>(grads), krot, true), std::get<2>(grads),
+            std::get<3>(grads)};
 #else
     TORCH_CHECK(false, "retention: mmvitmix was built without CUDA");
 #endif
   }
   TORCH_CHECK(q.is_cpu(), "retention: unsupported device ", q.device());
   return retention_backward_cpu(grad_out, q, k, v, out, lse, log_decay, width,
-                                decay_grad);
+                                decay_grad, rot);
+}
+
+// scale · rot(x) or scale · rotᵀ(x) with ATen: the pre/post-processing of
+// the CUDA route, exposed so that it can be tested on any device
+Tensor retention_rotary(const Tensor& x, const Tensor& sin, const Tensor& cos,
+                        double scale, bool transpose) {
+  check_dim("retention_rotary", "x", x, 5, "(B, heads, S, L, Dk)");
+  check_floating("retention_rotary", "x", x);
+  return rotary_apply(
+      x, make_rotary("retention_rotary", x, sin, cos, scale), transpose);
 }
 
 }  // namespace
@@ -125,16 +164,25 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> retention_backward(
 TORCH_LIBRARY_FRAGMENT(mmvitmix, m) {
   m.def(
       "retention_forward(Tensor q, Tensor k, Tensor v, Tensor log_decay, "
-      "int width) -> (Tensor, Tensor)");
+      "int width, Tensor? sin=None, Tensor? cos=None, float scale=1.0) -> "
+      "(Tensor, Tensor)");
   m.def(
       "retention_backward(Tensor grad_out, Tensor q, Tensor k, Tensor v, "
-      "Tensor out, Tensor lse, Tensor log_decay, int width, bool decay_grad)"
-      " -> (Tensor, Tensor, Tensor, Tensor)");
+      "Tensor out, Tensor lse, Tensor log_decay, int width, bool decay_grad, "
+      "Tensor? sin=None, Tensor? cos=None, float scale=1.0) -> "
+      "(Tensor, Tensor, Tensor, Tensor)");
+  m.def(
+      "retention_rotary(Tensor x, Tensor sin, Tensor cos, float scale, "
+      "bool transpose) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(mmvitmix, CPU, m) {
   m.impl("retention_forward", &retention_forward);
   m.impl("retention_backward", &retention_backward);
+}
+
+TORCH_LIBRARY_IMPL(mmvitmix, CompositeImplicitAutograd, m) {
+  m.impl("retention_rotary", &retention_rotary);
 }
 
 #ifdef MMVITMIX_WITH_CUDA

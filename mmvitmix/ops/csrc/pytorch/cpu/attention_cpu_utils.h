@@ -298,6 +298,9 @@ MMVITMIX_INLINE void load_row(T* dst, const scalar_t* src, int64_t n) {
   for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<T>(src[i]);
 }
 
+// rows ahead of the one being read that the strided loaders prefetch
+constexpr int64_t kPrefetchRows = 8;
+
 // dst[d * ldd + j] = src[j * stride + d]: n rows of width `depth` written
 // transposed (columns j of dst)
 template <typename scalar_t, typename T>
@@ -306,6 +309,9 @@ MMVITMIX_INLINE void load_transposed(T* dst, int64_t ldd,
                                      int64_t n, int64_t depth) {
   for (int64_t j = 0; j < n; ++j) {
     const scalar_t* s = src + j * stride;
+    // rows are often far apart (a column of an image): ask for the row
+    // kPrefetchRows ahead, which the hardware prefetchers will not
+    if (j + kPrefetchRows < n) __builtin_prefetch(s + kPrefetchRows * stride);
     for (int64_t d = 0; d < depth; ++d) dst[d * ldd + j] = static_cast<T>(s[d]);
   }
 }

@@ -9,10 +9,22 @@
 //   dV = Pᵀ·dO,  d log γ_h = Σ dS ∘ dist.
 // Inputs may have any strides with a unit stride on the head dim; they are
 // gathered into padded float (double for float64) tiles.
+//
+// Optional rotary position shift (RMT's theta_shift) and logit scale, fused
+// into the gathers: with sin/cos tables (S, L, Dk) the kernels use
+//   q' = scale · rot(q),  k' = rot(k),
+//   rot(x)[2m] = x[2m]·cos[2m] − x[2m+1]·sin[2m],
+//   rot(x)[2m+1] = x[2m+1]·cos[2m+1] + x[2m]·sin[2m+1],
+// and the backward maps dq', dk' back through rotᵀ (rotᵀ(g)[2m] =
+// g[2m]·cos[2m] + g[2m+1]·sin[2m+1], rotᵀ(g)[2m+1] = g[2m+1]·cos[2m+1] −
+// g[2m]·sin[2m]), so the rotated q and k never exist in memory.
 #include <ATen/Parallel.h>
+
+#include <type_traits>
 
 #include "cpu/attention_cpu_utils.h"
 #include "pytorch_cpp_helper.hpp"
+#include "retention_rotary.hpp"
 
 namespace mmvitmix {
 namespace {
@@ -39,6 +51,10 @@ struct RetentionParams {
   T* lse;
   T* decay_partial;  // (num_seq,) Σ dS ∘ dist per sequence
   const T* log_decay;
+  const T* sin;  // rotary tables (S, L, Dk), unit last stride; or nullptr
+  const T* cos;
+  int64_t sins[2], coss[2];  // strides of the tables' dims S and L
+  T scale;                   // multiplies q (after the rotation)
   int64_t qs[4], ks[4], vs[4], os[4], gs[4];  // strides of dims 0..3
   int64_t dqs[5], dks[5], dvs[5], ows[5];  // written tensors: dims 0..4
   int64_t heads, seqs, L, dim_k, dim_v, width;
@@ -49,6 +65,60 @@ struct RetentionParams {
 template <int N>
 inline void strides_of(const Tensor& t, int64_t* dst) {
   for (int i = 0; i < N; ++i) dst[i] = t.stride(i);
+}
+
+// a row of q (scaled) or k into dst, rotated when the tables are given;
+// `pos` is the token's position in its sequence s
+template <typename scalar_t, typename T>
+MMVITMIX_INLINE void load_qk_row(const RetentionParams<scalar_t, T>& p,
+                                 T* dst, const scalar_t* src, int64_t s,
+                                 int64_t pos, T scale) {
+  const int64_t n = p.dim_k;
+  if (p.sin == nullptr) {
+    for (int64_t e = 0; e < n; ++e) dst[e] = static_cast<T>(src[e]) * scale;
+    return;
+  }
+  const T* sn = p.sin + s * p.sins[0] + pos * p.sins[1];
+  const T* cs = p.cos + s * p.coss[0] + pos * p.coss[1];
+  int64_t e = 0;
+  if constexpr (std::is_same_v<scalar_t, T>) {
+    // 16 channels at a time: x·cos + swap_pairs(x)·(∓sin)
+    const vec16<T> sign = {-1, 1, -1, 1, -1, 1, -1, 1,
+                           -1, 1, -1, 1, -1, 1, -1, 1};
+    for (; e + cpu::kColBlock <= n; e += cpu::kColBlock) {
+      const vec16<T> x = vload(src + e);
+      const vec16<T> xs = __builtin_shufflevector(
+          x, x, 1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14);
+      vstore(dst + e,
+             (x * vload(cs + e) + xs * (vload(sn + e) * sign)) * scale);
+    }
+  }
+  for (; e < n; e += 2) {
+    const T a = static_cast<T>(src[e]), b = static_cast<T>(src[e + 1]);
+    dst[e] = (a * cs[e] - b * sn[e]) * scale;
+    dst[e + 1] = (b * cs[e + 1] + a * sn[e + 1]) * scale;
+  }
+}
+
+// dst[e * stride] = scale · rotᵀ(g)[e] (plain g · scale without tables)
+template <typename scalar_t, typename T>
+MMVITMIX_INLINE void store_qk_grad(const RetentionParams<scalar_t, T>& p,
+                                   scalar_t* dst, int64_t stride, const T* g,
+                                   int64_t s, int64_t pos, T scale) {
+  const int64_t n = p.dim_k;
+  if (p.sin == nullptr) {
+    for (int64_t e = 0; e < n; ++e)
+      dst[e * stride] = static_cast<scalar_t>(g[e] * scale);
+    return;
+  }
+  const T* sn = p.sin + s * p.sins[0] + pos * p.sins[1];
+  const T* cs = p.cos + s * p.coss[0] + pos * p.coss[1];
+  for (int64_t e = 0; e < n; e += 2) {
+    const T a = g[e], b = g[e + 1];
+    dst[e * stride] = static_cast<scalar_t>((a * cs[e] + b * sn[e + 1]) * scale);
+    dst[(e + 1) * stride] =
+        static_cast<scalar_t>((b * cs[e + 1] - a * sn[e]) * scale);
+  }
 }
 
 // (y, x) of every token (1-D: y = 0, x = index); padded entries are 0
@@ -112,6 +182,7 @@ MMVITMIX_CPU_CLONES void retention_forward_tasks(
   std::vector<T> Kt(dk * Lp, T(0)), Vr(Lp * dvp, T(0));
   std::vector<T> Qb(kBlockQ * dk, T(0)), S(kBlockQ * kBlockK, T(0));
   std::vector<T> acc(kBlockQ * dvp, T(0)), m(kBlockQ), l(kBlockQ);
+  std::vector<T> krow(dk);
   std::vector<T> ky, kx;
   token_coords(L, Lp, p.width, ky, kx);
   int64_t cached_seq = -1;
@@ -125,9 +196,22 @@ MMVITMIX_CPU_CLONES void retention_forward_tasks(
     scalar_t* ob = p.out_w + b * p.ows[0] + h * p.ows[1] + s * p.ows[2];
     T* lseb = p.lse + ((b * p.heads + h) * p.seqs + s) * L;
     if (seq != cached_seq) {
-      cpu::load_transposed(Kt.data(), Lp, kb, p.ks[3], L, dk);
-      for (int64_t j = 0; j < L; ++j)
+      // k' (transposed) and v rows; the rows of a column pass are far
+      // apart, so ask for the ones kPrefetchRows ahead
+      for (int64_t j = 0; j < L; ++j) {
+        const int64_t ahead = j + cpu::kPrefetchRows;
+        if (ahead < L) {
+          __builtin_prefetch(kb + ahead * p.ks[3]);
+          __builtin_prefetch(vb + ahead * p.vs[3]);
+          if (p.sin != nullptr) {
+            __builtin_prefetch(p.sin + s * p.sins[0] + ahead * p.sins[1]);
+            __builtin_prefetch(p.cos + s * p.coss[0] + ahead * p.coss[1]);
+          }
+        }
+        load_qk_row(p, krow.data(), kb + j * p.ks[3], s, j, T(1));
+        for (int64_t d = 0; d < dk; ++d) Kt[d * Lp + j] = krow[d];
         cpu::load_row(Vr.data() + j * dvp, vb + j * p.vs[3], dv);
+      }
       cached_seq = seq;
     }
     const T slope = p.log_decay[h];
@@ -135,8 +219,12 @@ MMVITMIX_CPU_CLONES void retention_forward_tasks(
     for (int64_t i0 = chunk * p.rows_per_chunk; i0 < row_end; i0 += kBlockQ) {
       const int64_t bq = std::min(kBlockQ, row_end - i0);
       const int64_t bqp = round_up(bq, cpu::kRowBlock);
-      for (int64_t r = 0; r < bq; ++r)
-        cpu::load_row(Qb.data() + r * dk, qb + (i0 + r) * p.qs[3], dk);
+      for (int64_t r = 0; r < bq; ++r) {
+        if (r + cpu::kPrefetchRows < bq)
+          __builtin_prefetch(qb + (i0 + r + cpu::kPrefetchRows) * p.qs[3]);
+        load_qk_row(p, Qb.data() + r * dk, qb + (i0 + r) * p.qs[3], s,
+                    i0 + r, p.scale);
+      }
       std::fill(m.begin(), m.end(), -std::numeric_limits<T>::infinity());
       std::fill(l.begin(), l.end(), T(0));
       std::fill(acc.begin(), acc.end(), T(0));
@@ -171,7 +259,14 @@ MMVITMIX_CPU_CLONES void retention_forward_tasks(
         const T inv = T(1) / l[r];
         scalar_t* orow = ob + (i0 + r) * p.ows[3];
         const T* arow = acc.data() + r * dvp;
-        for (int64_t e = 0; e < dv; ++e)
+        int64_t e = 0;
+        if constexpr (std::is_same_v<scalar_t, T>) {
+          if (p.ows[4] == 1) {
+            for (; e + cpu::kColBlock <= dv; e += cpu::kColBlock)
+              vstore(orow + e, vload(arow + e) * inv);
+          }
+        }
+        for (; e < dv; ++e)
           orow[e * p.ows[4]] = static_cast<scalar_t>(arow[e] * inv);
         lseb[i0 + r] = m[r] + std::log(l[r]);
       }
@@ -206,10 +301,12 @@ MMVITMIX_CPU_CLONES void retention_backward_tasks(
     scalar_t* dkb = p.dk + b * p.dks[0] + h * p.dks[1] + s * p.dks[2];
     scalar_t* dvb = p.dv + b * p.dvs[0] + h * p.dvs[1] + s * p.dvs[2];
     const T* lseb = p.lse + ((b * p.heads + h) * p.seqs + s) * L;
-    cpu::load_transposed(Kt.data(), Lp, kb, p.ks[3], L, dk);
     cpu::load_transposed(Vt.data(), Lp, vb, p.vs[3], L, dv);
-    for (int64_t j = 0; j < L; ++j)
-      cpu::load_row(Kr.data() + j * dkp, kb + j * p.ks[3], dk);
+    for (int64_t j = 0; j < L; ++j) {  // rows of k', and k' transposed
+      T* kr = Kr.data() + j * dkp;
+      load_qk_row(p, kr, kb + j * p.ks[3], s, j, T(1));
+      for (int64_t d = 0; d < dk; ++d) Kt[d * Lp + j] = kr[d];
+    }
     std::fill(dK.begin(), dK.end(), T(0));
     std::fill(dV.begin(), dV.end(), T(0));
     const T slope = p.log_decay[h];
@@ -219,7 +316,7 @@ MMVITMIX_CPU_CLONES void retention_backward_tasks(
       const int64_t bqp = round_up(bq, cpu::kRowBlock);
       for (int64_t r = 0; r < bq; ++r) {
         const int64_t i = i0 + r;
-        cpu::load_row(Qb.data() + r * dkp, qb + i * p.qs[3], dk);
+        load_qk_row(p, Qb.data() + r * dkp, qb + i * p.qs[3], s, i, p.scale);
         cpu::load_row(dOb.data() + r * dvp, gb + i * p.gs[3], dv);
         cpu::load_row(orow.data(), ob + i * p.os[3], dv);
         T d = 0;
@@ -270,17 +367,14 @@ MMVITMIX_CPU_CLONES void retention_backward_tasks(
         cpu::gemm_ab_acc(dS.data(), kBlockK, Kr.data() + j0 * dkp, dkp,
                          dQb.data(), dkp, bqp, dkp, bk);
       }
-      for (int64_t r = 0; r < bq; ++r) {
-        scalar_t* dst = dqb + (i0 + r) * p.dqs[3];
-        for (int64_t e = 0; e < dk; ++e)
-          dst[e * p.dqs[4]] = static_cast<scalar_t>(dQb[r * dkp + e]);
-      }
+      for (int64_t r = 0; r < bq; ++r)
+        store_qk_grad(p, dqb + (i0 + r) * p.dqs[3], p.dqs[4],
+                      dQb.data() + r * dkp, s, i0 + r, p.scale);
     }
     for (int64_t j = 0; j < L; ++j) {
       scalar_t* dkr = dkb + j * p.dks[3];
       scalar_t* dvr = dvb + j * p.dvs[3];
-      for (int64_t e = 0; e < dk; ++e)
-        dkr[e * p.dks[4]] = static_cast<scalar_t>(dK[j * dkp + e]);
+      store_qk_grad(p, dkr, p.dks[4], dK.data() + j * dkp, s, j, T(1));
       for (int64_t e = 0; e < dv; ++e)
         dvr[e * p.dvs[4]] = static_cast<scalar_t>(dV[j * dvp + e]);
     }
@@ -299,13 +393,29 @@ void plan_chunks(int64_t num_seq, int64_t L, int64_t* chunks,
   *chunks = (L + *rows_per_chunk - 1) / *rows_per_chunk;
 }
 
+// the rotary tables in the accumulation dtype (unit last stride), the
+// logit scale, into p
+template <typename scalar_t, typename T>
+void set_rotary(RetentionParams<scalar_t, T>& p, const RotaryTables& rot) {
+  p.sin = p.cos = nullptr;
+  p.scale = static_cast<T>(rot.scale);
+  if (!rot.sin.defined()) return;
+  p.sin = rot.sin.data_ptr<T>();
+  p.cos = rot.cos.data_ptr<T>();
+  p.sins[0] = rot.sin.stride(0);
+  p.sins[1] = rot.sin.stride(1);
+  p.coss[0] = rot.cos.stride(0);
+  p.coss[1] = rot.cos.stride(1);
+}
+
 }  // namespace
 
 std::tuple<Tensor, Tensor> retention_forward_cpu(const Tensor& q_in,
                                                  const Tensor& k_in,
                                                  const Tensor& v_in,
                                                  const Tensor& log_decay,
-                                                 int64_t width) {
+                                                 int64_t width,
+                                                 const RotaryTables& rotary) {
   const Tensor q = unit_last_stride(q_in), k = unit_last_stride(k_in),
                v = unit_last_stride(v_in);
   Tensor out = at::empty_like(v_in);
@@ -313,11 +423,13 @@ std::tuple<Tensor, Tensor> retention_forward_cpu(const Tensor& q_in,
   Tensor lse = at::empty(q.sizes().slice(0, 4), q.options().dtype(stats));
   if (out.numel() == 0 || q.numel() == 0) return {out.zero_(), lse.zero_()};
   const Tensor decay = log_decay.to(stats).contiguous();
+  const RotaryTables rot = rotary.to(stats);
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, q.scalar_type(), "retention_forward_cpu",
       [&] {
         using T = acc_type_t<scalar_t>;
         RetentionParams<scalar_t, T> p{};
+        set_rotary(p, rot);
         p.q = q.data_ptr<scalar_t>();
         p.k = k.data_ptr<scalar_t>();
         p.v = v.data_ptr<scalar_t>();
@@ -347,7 +459,8 @@ std::tuple<Tensor, Tensor> retention_forward_cpu(const Tensor& q_in,
 std::tuple<Tensor, Tensor, Tensor, Tensor> retention_backward_cpu(
     const Tensor& grad_out_in, const Tensor& q_in, const Tensor& k_in,
     const Tensor& v_in, const Tensor& out_in, const Tensor& lse_in,
-    const Tensor& log_decay, int64_t width, bool decay_grad) {
+    const Tensor& log_decay, int64_t width, bool decay_grad,
+    const RotaryTables& rotary) {
   const Tensor q = unit_last_stride(q_in), k = unit_last_stride(k_in),
                v = unit_last_stride(v_in), out = unit_last_stride(out_in),
                grad_out = unit_last_stride(grad_out_in);
@@ -362,11 +475,13 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> retention_backward_cpu(
             at::zeros({heads}, log_decay.options())};
   }
   const Tensor decay = log_decay.to(stats).contiguous();
+  const RotaryTables rot = rotary.to(stats);
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, q.scalar_type(), "retention_backward_cpu",
       [&] {
         using T = acc_type_t<scalar_t>;
         RetentionParams<scalar_t, T> p{};
+        set_rotary(p, rot);
         p.q = q.data_ptr<scalar_t>();
         p.k = k.data_ptr<scalar_t>();
         p.v = v.data_ptr<scalar_t>();
