@@ -42,16 +42,17 @@ from .base import (VitMixBackbone, check_all_consumed, normalize_out_indices,
 # --------------------------------------------------------------------------
 
 
-def rotate_every_two(x: Tensor) -> Tensor:
-    """(x0, x1, x2, x3, ...) -> (-x1, x0, -x3, x2, ...) on the last dim."""
-    x1 = x[..., ::2]
-    x2 = x[..., 1::2]
-    return torch.stack([-x2, x1], dim=-1).flatten(-2)
+def add_into(fresh: Tensor, other: Tensor) -> Tensor:
+    """``fresh + other``, written into ``fresh`` where that is the same.
 
-
-def theta_shift(x: Tensor, sin: Tensor, cos: Tensor) -> Tensor:
-    """Rotary position shift with per-token ``sin``/``cos`` tables."""
-    return x * cos + rotate_every_two(x) * sin
+    ``fresh`` must be a branch's new output that no backward needs (a conv
+    or linear output): the sum then takes no large temporary. Under
+    autocast the dtypes may differ; then the out-of-place sum keeps the
+    promoted dtype.
+    """
+    if fresh.dtype == torch.promote_types(fresh.dtype, other.dtype):
+        return fresh.add_(other)
+    return fresh + other
 
 
 class DWConv2d(nn.Module):
@@ -119,18 +120,21 @@ class RetentionAttention(nn.Module):
                 log_decay: Tensor) -> Tensor:
         bsz, height, width, _ = x.shape
         q = self.q_proj(x)
-        k = self.k_proj(x) * self.scaling
+        k = self.k_proj(x)
         v = self.v_proj(x)
         lepe = self.lepe(v)
-        # (B, H, W, C) -> (B, heads, H, W, D)
+        # (B, H, W, C) -> (B, heads, H, W, D), views
         q = q.view(bsz, height, width, self.num_heads, -1).permute(0, 3, 1, 2, 4)
         k = k.view(bsz, height, width, self.num_heads, -1).permute(0, 3, 1, 2, 4)
         v = v.view(bsz, height, width, self.num_heads, -1).permute(0, 3, 1, 2, 4)
-        q = theta_shift(q, sin, cos)
-        k = theta_shift(k, sin, cos)
-        out = retention_attention(q, k, v, log_decay, self.decomposed)
+        # the seam scales k, rotates q and k (official: k * scaling, then
+        # theta_shift of both) and runs the retention
+        out = retention_attention(
+            q, k, v, log_decay, self.decomposed, sin=sin, cos=cos,
+            scale=self.scaling)
         out = out.permute(0, 2, 3, 1, 4).flatten(-2)  # (B, H, W, C)
-        return self.out_proj(out + lepe)
+        # into the conv's output (the fused op keeps `out` for its backward)
+        return self.out_proj(add_into(lepe, out))
 
 
 class ConvFFN(nn.Module):
@@ -144,8 +148,7 @@ class ConvFFN(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         x = F.gelu(self.fc1(x))
-        x = x + self.dwconv(x)
-        return self.fc2(x)
+        return self.fc2(add_into(self.dwconv(x), x))  # x + dwconv(x)
 
 
 class RetBlock(nn.Module):
@@ -174,15 +177,16 @@ class RetBlock(nn.Module):
 
     def forward(self, x: Tensor, sin: Tensor, cos: Tensor,
                 log_decay: Tensor) -> Tensor:
-        x = x + self.cpe(x)
+        # residual sums go into the branch's fresh output (see add_into)
+        x = add_into(self.cpe(x), x)
         y = self.attn(self.norm1(x), sin, cos, log_decay)
         if self.layerscale:
             y = self.gamma1 * y
-        x = x + self.drop_path(y)
+        x = add_into(self.drop_path(y), x)
         y = self.ffn(self.norm2(x))
         if self.layerscale:
             y = self.gamma2 * y
-        return x + self.drop_path(y)
+        return add_into(self.drop_path(y), x)
 
 
 class Downsample(nn.Module):
@@ -195,7 +199,9 @@ class Downsample(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.norm(self.conv(x.permute(0, 3, 1, 2).contiguous()))
-        return x.permute(0, 2, 3, 1)
+        # channels-last *memory*: the stage's linears and norms then read
+        # it in place (an NCHW-strided view would be copied by every one)
+        return x.permute(0, 2, 3, 1).contiguous()
 
 
 class RMTStage(nn.Module):
@@ -428,7 +434,8 @@ class RMT(VitMixBackbone):
     def forward(self, x: Tensor) -> tuple:
         """(B, C, H, W) -> tuple of (B, C_i, H_i, W_i) per ``out_indices``."""
         self.check_input(x)
-        x = self.stem(x).permute(0, 2, 3, 1)  # channels-last
+        # channels-last in memory, not just a permuted view (see Downsample)
+        x = self.stem(x).permute(0, 2, 3, 1).contiguous()
         outs = []
         for i, stage in enumerate(self.stages):
             x = stage(x)

@@ -6,6 +6,7 @@ import logging
 import pytest
 import torch
 from mmengine.logging import MMLogger
+from torch.testing import assert_close
 
 from mmvitmix.models.backbones.rmt import (RMT, RMT_CLASSIFIER_PREFIXES,
                                            convert_rmt)
@@ -208,6 +209,37 @@ def test_every_parameter_gets_a_gradient():
     for name, param in model.named_parameters():
         assert param.grad is not None, name
         assert param.grad.abs().sum() > 0, name
+
+
+def test_in_place_residual_sums_keep_gradients(monkeypatch):
+    """Residual sums written into the branch outputs (``add_into``) give the
+    gradients of plain out-of-place sums, with drop path and layer scale."""
+    import mmvitmix.models.backbones.rmt as rmt_module
+
+    def run():
+        torch.manual_seed(0)
+        model = RMT(arch=TINY, drop_path_rate=0.3).train()
+        x = torch.randn(2, 3, 40, 56, requires_grad=True)
+        torch.manual_seed(1)  # the same drop-path draws in both runs
+        outs = model(x)
+        grads = torch.autograd.grad(
+            sum(o.pow(2).mean() for o in outs), [x, *model.parameters()])
+        return outs, grads
+
+    outs, grads = run()
+    monkeypatch.setattr(rmt_module, 'add_into', lambda a, b: a + b)
+    ref_outs, ref_grads = run()
+    for got, want in zip((*outs, *grads), (*ref_outs, *ref_grads)):
+        assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_add_into_keeps_the_promoted_dtype():
+    from mmvitmix.models.backbones.rmt import add_into
+    fresh = torch.ones(3, dtype=torch.bfloat16)
+    out = add_into(fresh, torch.full((3, ), 0.001))
+    assert out.dtype == torch.float32 and fresh[0] == 1  # not in place
+    fresh = torch.ones(3)
+    assert add_into(fresh, torch.ones(3)) is fresh and fresh[0] == 2
 
 
 def test_with_cp_matches():
