@@ -131,19 +131,27 @@ MMVITMIX_INLINE vec16<float> vexp(const vec16<float>& x) {
   typedef Vec16<float>::itype ivec;
   const vec16<float> lo = vsplat(-87.3f);
   const vec16<float> xc = x < lo ? lo : x;
-  // round(xc / ln 2) with the 1.5·2^23 trick
-  const vec16<float> magic = vsplat(12582912.0f);
-  const vec16<float> n = (xc * 1.44269504088896341f + magic) - magic;
+  // t = 1.5·2^23 + 127 + round(xc / ln 2): adding the magic number rounds
+  // to an integer, and t's low mantissa bits then hold n + 127, the biased
+  // exponent of 2^n (n >= -126 after the clamp)
+  const float magic = 12582912.0f + 127.0f;
+  const vec16<float> t = xc * 1.44269504088896341f + magic;
+  const vec16<float> n = t - magic;
+  // r = xc − n·ln 2 in two steps (Cody-Waite), |r| <= ln 2 / 2
   vec16<float> r = xc - n * 0.693359375f;
   r = r + n * 2.12194440e-4f;
+  // e^r = 1 + r + r²·P(r), Horner throughout
   vec16<float> p = vsplat(1.9875691500e-4f);
   p = p * r + 1.3981999507e-3f;
   p = p * r + 8.3334519073e-3f;
   p = p * r + 4.1665795894e-2f;
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.0f;
-  const ivec bits = (__builtin_convertvector(n, ivec) + 127) << 23;
+  p = p * r + 1.0f;
+  p = p * r + 1.0f;
+  ivec bits;
+  std::memcpy(&bits, &t, sizeof(bits));
+  bits = bits << 23;  // (n + 127) << 23: the bits above are shifted out
   vec16<float> scale;
   std::memcpy(&scale, &bits, sizeof(scale));
   return x < lo ? vsplat(0.0f) : p * scale;
