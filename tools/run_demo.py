@@ -10,7 +10,7 @@ Steps:
 4. draw predictions next to the ground truth of a few validation images with
    mmdet's ``DetLocalVisualizer`` into ``work_dirs/demo/predictions.png``.
 
-About ten minutes on 2 CPU cores. Run from the repository root::
+About 5-10 minutes on 2 CPU cores. Run from the repository root::
 
     python tools/run_demo.py
 

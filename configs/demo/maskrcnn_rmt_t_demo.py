@@ -4,11 +4,11 @@
 # of 16-256 px for the 15-60 px shapes, fewer proposals and sampled RoIs, a
 # slimmer FPN/RoI head (128 channels), AdamW 2e-3 with warmup + cosine,
 # batch 4 x 360 iterations.
-# Measured (2 CPU cores shared with other jobs, seed 0,
-# `python tools/run_demo.py`): 1.2-1.3 s/iteration (2.4 under heavier load),
-# 10.2 min in all; bbox mAP 0.482, segm mAP 0.544. Reproducible run to run;
-# a different build of the retention kernel changes rounding and so the
-# numbers (an earlier build: bbox 0.537, segm 0.578 in 7.8 min).
+# Measured (2 CPU cores, seed 0, `python tools/run_demo.py`): 0.7-0.9
+# s/iteration, 5.4 min in all; bbox mAP 0.504, segm mAP 0.573 (while other
+# jobs shared the cores: 1.2-1.3 s/iteration, about 10 min). Reproducible
+# run to run; a different build of the retention kernel changes rounding and
+# so the numbers (earlier builds: bbox 0.482 / 0.537, segm 0.544 / 0.578).
 # At 200 iterations, AdamW lr 1e-3 / 2e-3 / 4e-3 gave bbox mAP
 # 0.289 / 0.368 / 0.143.
 # Run it through tools/run_demo.py (`make demo`), or with any mmengine
