@@ -309,6 +309,14 @@ MMVITMIX_INLINE void load_row(T* dst, const scalar_t* src, int64_t n) {
 // rows ahead of the one being read that the strided loaders prefetch
 constexpr int64_t kPrefetchRows = 8;
 
+// ask for every cache line of n elements at p
+template <typename scalar_t>
+MMVITMIX_INLINE void prefetch_row(const scalar_t* p, int64_t n) {
+  const char* c = reinterpret_cast<const char*>(p);
+  for (int64_t b = 0; b < n * static_cast<int64_t>(sizeof(scalar_t)); b += 64)
+    __builtin_prefetch(c + b);
+}
+
 // dst[d * ldd + j] = src[j * stride + d]: n rows of width `depth` written
 // transposed (columns j of dst)
 template <typename scalar_t, typename T>
@@ -319,7 +327,7 @@ MMVITMIX_INLINE void load_transposed(T* dst, int64_t ldd,
     const scalar_t* s = src + j * stride;
     // rows are often far apart (a column of an image): ask for the row
     // kPrefetchRows ahead, which the hardware prefetchers will not
-    if (j + kPrefetchRows < n) __builtin_prefetch(s + kPrefetchRows * stride);
+    if (j + kPrefetchRows < n) prefetch_row(s + kPrefetchRows * stride, depth);
     for (int64_t d = 0; d < depth; ++d) dst[d * ldd + j] = static_cast<T>(s[d]);
   }
 }

@@ -201,11 +201,11 @@ MMVITMIX_CPU_CLONES void retention_forward_tasks(
       for (int64_t j = 0; j < L; ++j) {
         const int64_t ahead = j + cpu::kPrefetchRows;
         if (ahead < L) {
-          __builtin_prefetch(kb + ahead * p.ks[3]);
-          __builtin_prefetch(vb + ahead * p.vs[3]);
+          cpu::prefetch_row(kb + ahead * p.ks[3], dk);
+          cpu::prefetch_row(vb + ahead * p.vs[3], dv);
           if (p.sin != nullptr) {
-            __builtin_prefetch(p.sin + s * p.sins[0] + ahead * p.sins[1]);
-            __builtin_prefetch(p.cos + s * p.coss[0] + ahead * p.coss[1]);
+            cpu::prefetch_row(p.sin + s * p.sins[0] + ahead * p.sins[1], dk);
+            cpu::prefetch_row(p.cos + s * p.coss[0] + ahead * p.coss[1], dk);
           }
         }
         load_qk_row(p, krow.data(), kb + j * p.ks[3], s, j, T(1));
@@ -220,8 +220,14 @@ MMVITMIX_CPU_CLONES void retention_forward_tasks(
       const int64_t bq = std::min(kBlockQ, row_end - i0);
       const int64_t bqp = round_up(bq, cpu::kRowBlock);
       for (int64_t r = 0; r < bq; ++r) {
-        if (r + cpu::kPrefetchRows < bq)
-          __builtin_prefetch(qb + (i0 + r + cpu::kPrefetchRows) * p.qs[3]);
+        if (r + cpu::kPrefetchRows < bq) {
+          const int64_t ahead = i0 + r + cpu::kPrefetchRows;
+          cpu::prefetch_row(qb + ahead * p.qs[3], dk);
+          if (p.sin != nullptr) {
+            cpu::prefetch_row(p.sin + s * p.sins[0] + ahead * p.sins[1], dk);
+            cpu::prefetch_row(p.cos + s * p.coss[0] + ahead * p.coss[1], dk);
+          }
+        }
         load_qk_row(p, Qb.data() + r * dk, qb + (i0 + r) * p.qs[3], s,
                     i0 + r, p.scale);
       }
