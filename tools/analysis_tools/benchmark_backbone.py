@@ -23,26 +23,18 @@ Examples::
 import argparse
 import json
 import os
-import statistics
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 # benchmark the checkout this script belongs to, whatever is installed
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _bench_utils import (device_name, measure_step, memory_cell,  # noqa
+                          run_child, speedup_cell, time_cell)
 
 INPUTS = {'det800x1333': (800, 1333), 'seg512': (512, 512)}
-
-
-def read_status(key):
-    with open('/proc/self/status') as f:
-        for line in f:
-            if line.startswith(key + ':'):
-                return int(line.split()[1]) * 1024
-    raise KeyError(key)
 
 
 def measure(args, size, mode, method, what):
@@ -71,34 +63,7 @@ def measure(args, size, mode, method, what):
         loss.backward()
         model.zero_grad(set_to_none=True)
 
-    def sync():
-        if args.device == 'cuda':
-            torch.cuda.synchronize()
-
-    for _ in range(args.warmup):
-        step()
-    sync()
-    if what == 'memory':
-        if args.device == 'cuda':
-            torch.cuda.reset_peak_memory_stats()
-            base = torch.cuda.memory_allocated()
-            step()
-            sync()
-            peak = torch.cuda.max_memory_allocated() - base
-        else:
-            with open('/proc/self/clear_refs', 'w') as f:
-                f.write('5')  # reset the peak resident set
-            base = read_status('VmRSS')
-            step()
-            peak = read_status('VmHWM') - base
-        return peak / 2**20
-    times = []
-    for _ in range(args.repeats):
-        start = time.perf_counter()
-        step()
-        sync()
-        times.append(time.perf_counter() - start)
-    return times
+    return measure_step(step, args.device, args.warmup, args.repeats, what)
 
 
 def main():
@@ -130,9 +95,8 @@ def main():
     from mmvitmix.ops import _dispatch
     if not _dispatch.load_ext():
         sys.exit(f'mmvitmix._ext is not built: {_dispatch.ext_error()}')
-    device_name = (torch.cuda.get_device_name()
-                   if args.device == 'cuda' else _cpu_name())
-    print(f'# RMT-{args.arch} backbone; device: {device_name}; torch '
+    print(f'# RMT-{args.arch} backbone; device: {device_name(args.device)}; '
+          f'torch '
           f'{torch.__version__}; batch {args.batch}; amp {args.amp}; '
           f'threads {args.threads}; {args.rounds} rounds x {args.repeats} '
           f'timed runs after {args.warmup} warm-up; seconds as median '
@@ -147,60 +111,24 @@ def main():
         str(args.repeats)
     ]
 
-    def child(name, mode, method, what):
-        env = dict(os.environ)
-        if what == 'memory':
-            env['MALLOC_MMAP_THRESHOLD_'] = '65536'
-        out = subprocess.run(
-            base_cmd + ['--child', json.dumps([name, mode, method, what])],
-            env=env,
-            capture_output=True,
-            text=True)
-        if out.returncode != 0:
-            print(f'# {name} {mode} {method} {what} failed: '
-                  f'{out.stderr[-800:]}', file=sys.stderr)
-            return None
-        return json.loads(out.stdout.strip().splitlines()[-1])
-
     methods = ('fused', 'reference')
     for name in args.inputs:
         for mode in args.modes:
             times = {m: [] for m in methods}
             for _ in range(args.rounds):
                 for method in methods:
-                    res = child(name, mode, method, 'time')
+                    res = run_child(base_cmd, [name, mode, method, 'time'],
+                                    'time')
                     if res is not None:
                         times[method] += res
-            mem = {m: child(name, mode, m, 'memory') for m in methods}
             cells = []
             for method in methods:
-                t = times[method]
-                cells.append(f'{statistics.median(t):.3f} ({min(t):.3f})'
-                             if t else 'failed')
-                cells.append(f'{mem[method]:.0f}'
-                             if mem[method] is not None else '-')
-            if all(times.values()):
-                ref_t, fused_t = times['reference'], times['fused']
-                by_median = statistics.median(ref_t) / statistics.median(
-                    fused_t)
-                by_min = min(ref_t) / min(fused_t)
-                speed = f'{by_median:.2f}x ({by_min:.2f}x)'
-            else:
-                speed = '-'
+                mem = run_child(base_cmd, [name, mode, method, 'memory'],
+                                'memory')
+                cells += [time_cell(times[method], 3), memory_cell(mem)]
+            speed = speedup_cell(times['reference'], times['fused'])
             print(f'| {name} | {mode} | ' + ' | '.join(cells) +
                   f' | {speed} |', flush=True)
-
-
-def _cpu_name():
-    try:
-        with open('/proc/cpuinfo') as f:
-            for line in f:
-                if line.startswith('model name'):
-                    return line.split(':', 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-    return platform.processor() or 'CPU'
 
 
 if __name__ == '__main__':

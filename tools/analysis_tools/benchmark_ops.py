@@ -25,16 +25,16 @@ Examples::
 import argparse
 import json
 import os
-import statistics
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 # benchmark the checkout this script belongs to, whatever is installed
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _bench_utils import (device_name, measure_step, memory_cell,  # noqa
+                          run_child, speedup_cell, time_cell)
 
 # (name, heads, head_dim, decomposed) per RMT-S stage
 RMT_S_STAGES = [('stage1', 4, 16, True), ('stage2', 4, 32, True),
@@ -134,19 +134,6 @@ def layer_fn(method):
     return retention_attention
 
 
-def sync(device):
-    if device == 'cuda':
-        torch.cuda.synchronize()
-
-
-def read_status(key):
-    with open('/proc/self/status') as f:
-        for line in f:
-            if line.startswith(key + ':'):
-                return int(line.split()[1]) * 1024
-    raise KeyError(key)
-
-
 def measure(method, case, args, what):
     """Wall times (ms) of the timed runs, or the peak extra memory (MiB)."""
     stage, heads, dim, decomposed, grid, mode = case
@@ -167,30 +154,8 @@ def measure(method, case, args, what):
             with torch.no_grad():
                 fn(q, k, v, log_decay, decomposed, sin, cos, scale)
 
-    for _ in range(args.warmup):
-        step()
-    sync(args.device)
-    if what == 'memory':
-        if args.device == 'cuda':
-            torch.cuda.reset_peak_memory_stats()
-            base = torch.cuda.memory_allocated()
-            step()
-            sync('cuda')
-            peak = torch.cuda.max_memory_allocated() - base
-        else:
-            with open('/proc/self/clear_refs', 'w') as f:
-                f.write('5')  # reset the peak resident set
-            base = read_status('VmRSS')
-            step()
-            peak = read_status('VmHWM') - base
-        return peak / 2**20
-    times = []
-    for _ in range(args.repeats):
-        start = time.perf_counter()
-        step()
-        sync(args.device)
-        times.append((time.perf_counter() - start) * 1e3)
-    return times
+    return measure_step(step, args.device, args.warmup, args.repeats, what,
+                        unit=1e3)
 
 
 def main():
@@ -223,9 +188,7 @@ def main():
     from mmvitmix.ops import _dispatch
     if not _dispatch.load_ext():
         sys.exit(f'mmvitmix._ext is not built: {_dispatch.ext_error()}')
-    device_name = (torch.cuda.get_device_name()
-                   if args.device == 'cuda' else _cpu_name())
-    print(f'# device: {device_name}; torch {torch.__version__}; dtype '
+    print(f'# device: {device_name(args.device)}; torch {torch.__version__}; dtype '
           f'{args.dtype}; batch {args.batch}; threads {args.threads}; '
           f'{args.rounds} rounds x {args.repeats} timed runs after '
           f'{args.warmup} warm-up; ms as median (min)')
@@ -242,21 +205,6 @@ def main():
         str(args.repeats)
     ]
 
-    def child(method, case, what):
-        env = dict(os.environ)
-        if what == 'memory':
-            env['MALLOC_MMAP_THRESHOLD_'] = '65536'
-        out = subprocess.run(
-            base_cmd + ['--child', json.dumps([method, case, what])],
-            env=env,
-            capture_output=True,
-            text=True)
-        if out.returncode != 0:
-            print(f'# {method} {case} {what} failed: {out.stderr[-500:]}',
-                  file=sys.stderr)
-            return None
-        return json.loads(out.stdout.strip().splitlines()[-1])
-
     for name in args.inputs:
         grids = stage_grids(*INPUTS[name])
         for (stage, heads, dim, decomposed), grid in zip(RMT_S_STAGES, grids):
@@ -265,37 +213,17 @@ def main():
                 times = {m: [] for m in methods}
                 for _ in range(args.rounds):
                     for method in methods:
-                        res = child(method, case, 'time')
+                        res = run_child(base_cmd, [method, case, 'time'],
+                                        'time')
                         if res is not None:
                             times[method] += res
                 row = [name, stage, f'{grid[0]}x{grid[1]}', mode]
                 for method in methods:
-                    t = times[method]
-                    mem = child(method, case, 'memory')
-                    row.append(f'{statistics.median(t):.1f} ({min(t):.1f})'
-                               if t else 'failed')
-                    row.append(f'{mem:.0f}' if mem is not None else '-')
-                if times['fused'] and times['reference']:
-                    ref_t, fused_t = times['reference'], times['fused']
-                    by_median = statistics.median(ref_t) / statistics.median(
-                        fused_t)
-                    by_min = min(ref_t) / min(fused_t)
-                    row.append(f'{by_median:.2f}x ({by_min:.2f}x)')
-                else:
-                    row.append('-')
+                    mem = run_child(base_cmd, [method, case, 'memory'],
+                                    'memory')
+                    row += [time_cell(times[method], 1), memory_cell(mem)]
+                row.append(speedup_cell(times['reference'], times['fused']))
                 print('| ' + ' | '.join(row) + ' |', flush=True)
-
-
-def _cpu_name():
-    try:
-        with open('/proc/cpuinfo') as f:
-            for line in f:
-                if line.startswith('model name'):
-                    return line.split(':', 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-    return platform.processor() or 'CPU'
 
 
 if __name__ == '__main__':

@@ -1,0 +1,114 @@
+"""What benchmark_ops.py and benchmark_backbone.py share.
+
+Timing and peak-memory measurement of one step function, the fresh
+subprocess each measurement runs in, and the table cells.
+"""
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+
+
+def cpu_name():
+    try:
+        with open('/proc/cpuinfo') as f:
+            for line in f:
+                if line.startswith('model name'):
+                    return line.split(':', 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+    return platform.processor() or 'CPU'
+
+
+def device_name(device):
+    return torch.cuda.get_device_name() if device == 'cuda' else cpu_name()
+
+
+def _read_status(key):
+    with open('/proc/self/status') as f:
+        for line in f:
+            if line.startswith(key + ':'):
+                return int(line.split()[1]) * 1024
+    raise KeyError(key)
+
+
+def measure_step(step, device, warmup, repeats, what, unit=1.0):
+    """Wall times of ``repeats`` timed runs (seconds × ``unit``) after
+    ``warmup`` runs, or (``what='memory'``) the peak extra memory of one run
+    in MiB (CUDA: ``max_memory_allocated``; CPU: peak resident set above
+    the level before the run)."""
+
+    def sync():
+        if device == 'cuda':
+            torch.cuda.synchronize()
+
+    for _ in range(warmup):
+        step()
+    sync()
+    if what == 'memory':
+        if device == 'cuda':
+            torch.cuda.reset_peak_memory_stats()
+            base = torch.cuda.memory_allocated()
+            step()
+            sync()
+            peak = torch.cuda.max_memory_allocated() - base
+        else:
+            with open('/proc/self/clear_refs', 'w') as f:
+                f.write('5')  # reset the peak resident set
+            base = _read_status('VmRSS')
+            step()
+            peak = _read_status('VmHWM') - base
+        return peak / 2**20
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        step()
+        sync()
+        times.append((time.perf_counter() - start) * unit)
+    return times
+
+
+def run_child(base_cmd, payload, what):
+    """Run ``base_cmd --child json(payload)`` in a fresh process.
+
+    The memory run lets glibc return large blocks to the OS, so that the
+    resident set follows what is allocated (a setting that would distort
+    timings). Returns the child's JSON answer, or None (reason on stderr).
+    """
+    env = dict(os.environ)
+    if what == 'memory':
+        env['MALLOC_MMAP_THRESHOLD_'] = '65536'
+    out = subprocess.run(
+        base_cmd + ['--child', json.dumps(payload)],
+        env=env,
+        capture_output=True,
+        text=True)
+    if out.returncode != 0:
+        print(f'# {payload} failed: {out.stderr[-800:]}', file=sys.stderr)
+        return None
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def time_cell(times, digits):
+    if not times:
+        return 'failed'
+    return (f'{statistics.median(times):.{digits}f} '
+            f'({min(times):.{digits}f})')
+
+
+def memory_cell(mib):
+    return f'{mib:.0f}' if mib is not None else '-'
+
+
+def speedup_cell(ref_times, fused_times):
+    """Reference over fused time, by the median (and by the minimum)."""
+    if not ref_times or not fused_times:
+        return '-'
+    by_median = statistics.median(ref_times) / statistics.median(fused_times)
+    by_min = min(ref_times) / min(fused_times)
+    return f'{by_median:.2f}x ({by_min:.2f}x)'
