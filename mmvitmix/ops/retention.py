@@ -220,8 +220,7 @@ def retention_attention(q: Tensor,
     """The attention core of one RMT retention layer.
 
     Computes the retention of ``theta_shift(q)``, ``theta_shift(k · scale)``
-    and ``v``
-    (without ``sin``/``cos``: on ``q`` and ``k · scale`` as given).
+    and ``v``; without ``sin``/``cos``, of ``q``, ``k · scale`` and ``v``.
 
     Args:
         q (Tensor): (B, heads, H, W, Dk) queries (the projection, not yet
