@@ -5,43 +5,18 @@
 #include <torch/extension.h>
 
 #define MMVITMIX_CUDA_EMULATION
-#include "cuda/emsa_cuda_kernel.cuh"
-#include "cuda/retention_cuda_kernel.cuh"
+#include "cuda/emsa_cuda_params.h"
+#include "cuda/retention_cuda_params.h"
 #include "pytorch_cpp_helper.hpp"
 
 namespace emu = mmvitmix_emulation;
 namespace mc = mmvitmix::cuda;
 using mmvitmix::acc_type_t;
 using mmvitmix::stats_dtype;
+using mmvitmix::strides_of;
 using mmvitmix::Tensor;
 
 namespace {
-
-template <int N>
-void strides_of(const Tensor& t, int64_t* dst) {
-  for (int i = 0; i < N; ++i) dst[i] = t.stride(i);
-}
-
-template <typename scalar_t, typename acc_t>
-mc::RetentionCudaParams<scalar_t, acc_t> retention_params(
-    const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& decay,
-    int64_t width) {
-  mc::RetentionCudaParams<scalar_t, acc_t> p{};
-  p.q = q.data_ptr<scalar_t>();
-  p.k = k.data_ptr<scalar_t>();
-  p.v = v.data_ptr<scalar_t>();
-  p.log_decay = decay.data_ptr<acc_t>();
-  strides_of<5>(q, p.qs);
-  strides_of<5>(k, p.ks);
-  strides_of<5>(v, p.vs);
-  p.heads = q.size(1);
-  p.seqs = q.size(2);
-  p.L = q.size(3);
-  p.dim_k = q.size(4);
-  p.dim_v = v.size(4);
-  p.width = width;
-  return p;
-}
 
 template <typename scalar_t, typename acc_t, int D>
 void retention_forward_launch(mc::RetentionCudaParams<scalar_t, acc_t> p,
@@ -67,21 +42,6 @@ void retention_backward_launch(mc::RetentionCudaParams<scalar_t, acc_t> p,
               num_seq * p.num_tiles, mc::kThreads, 0, p);
 }
 
-#define EMU_DISPATCH_HEAD_DIM(bucket, FN, ...) \
-  switch (bucket) {                            \
-    case 16:                                   \
-      FN<scalar_t, acc_t, 16>(__VA_ARGS__);    \
-      break;                                   \
-    case 32:                                   \
-      FN<scalar_t, acc_t, 32>(__VA_ARGS__);    \
-      break;                                   \
-    case 64:                                   \
-      FN<scalar_t, acc_t, 64>(__VA_ARGS__);    \
-      break;                                   \
-    default:                                   \
-      FN<scalar_t, acc_t, 128>(__VA_ARGS__);   \
-  }
-
 std::tuple<Tensor, Tensor> retention_forward(const Tensor& q, const Tensor& k,
                                              const Tensor& v,
                                              const Tensor& log_decay,
@@ -95,11 +55,11 @@ std::tuple<Tensor, Tensor> retention_forward(const Tensor& q, const Tensor& k,
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, q.scalar_type(), "emu", [&] {
         using acc_t = acc_type_t<scalar_t>;
-        auto p = retention_params<scalar_t, acc_t>(q, k, v, decay, width);
+        auto p = mc::make_retention_params<scalar_t, acc_t>(q, k, v, decay, width);
         p.out = out.data_ptr<scalar_t>();
         p.lse = lse.data_ptr<acc_t>();
         strides_of<5>(out, p.os);
-        EMU_DISPATCH_HEAD_DIM(bucket, retention_forward_launch, p, num_seq);
+        MMVITMIX_DISPATCH_HEAD_DIM(bucket, retention_forward_launch, p, num_seq);
       });
   return {out, lse};
 }
@@ -121,7 +81,7 @@ std::vector<Tensor> retention_backward(const Tensor& grad_out, const Tensor& q,
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, q.scalar_type(), "emu", [&] {
         using acc_t = acc_type_t<scalar_t>;
-        auto p = retention_params<scalar_t, acc_t>(q, k, v, decay, width);
+        auto p = mc::make_retention_params<scalar_t, acc_t>(q, k, v, decay, width);
         p.grad_out = grad_out.data_ptr<scalar_t>();
         p.dq = dq.data_ptr<scalar_t>();
         p.dk = dk.data_ptr<scalar_t>();
@@ -134,35 +94,9 @@ std::vector<Tensor> retention_backward(const Tensor& grad_out, const Tensor& q,
         strides_of<5>(dq, p.dqs);
         strides_of<5>(dk, p.dks);
         strides_of<5>(dv, p.dvs);
-        EMU_DISPATCH_HEAD_DIM(bucket, retention_backward_launch, p, num_seq);
+        MMVITMIX_DISPATCH_HEAD_DIM(bucket, retention_backward_launch, p, num_seq);
       });
   return {dq, dk, dv, ddecay};
-}
-
-template <typename scalar_t, typename acc_t>
-mc::EmsaCudaParams<scalar_t, acc_t> emsa_params(const Tensor& q,
-                                                const Tensor& k,
-                                                const Tensor& v,
-                                                const Tensor& W,
-                                                const Tensor& bias,
-                                                double scale) {
-  mc::EmsaCudaParams<scalar_t, acc_t> p{};
-  p.q = q.data_ptr<scalar_t>();
-  p.k = k.data_ptr<scalar_t>();
-  p.v = v.data_ptr<scalar_t>();
-  p.W = W.data_ptr<acc_t>();
-  p.bias = bias.data_ptr<acc_t>();
-  strides_of<4>(q, p.qs);
-  strides_of<4>(k, p.ks);
-  strides_of<4>(v, p.vs);
-  p.B = q.size(0);
-  p.H = q.size(1);
-  p.N = q.size(2);
-  p.M = k.size(2);
-  p.D = q.size(3);
-  p.Dv = v.size(3);
-  p.scale = static_cast<acc_t>(scale);
-  return p;
 }
 
 // max_bytes plays the device's shared memory limit (tile choice)
@@ -202,7 +136,7 @@ std::vector<Tensor> emsa_forward(const Tensor& q, const Tensor& k,
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, q.scalar_type(), "emu", [&] {
         using acc_t = acc_type_t<scalar_t>;
-        auto p = emsa_params<scalar_t, acc_t>(q, k, v, W, bias, scale);
+        auto p = mc::make_emsa_params<scalar_t, acc_t>(q, k, v, W, bias, scale);
         p.obuf = obuf.data_ptr<acc_t>();
         p.lse = lse.data_ptr<acc_t>();
         p.dev2 = dev2.data_ptr<acc_t>();
@@ -243,7 +177,7 @@ std::vector<Tensor> emsa_backward(const Tensor& grad_out, const Tensor& q,
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, q.scalar_type(), "emu", [&] {
         using acc_t = acc_type_t<scalar_t>;
-        auto p = emsa_params<scalar_t, acc_t>(q, k, v, W, bias, scale);
+        auto p = mc::make_emsa_params<scalar_t, acc_t>(q, k, v, W, bias, scale);
         p.lse = lse_c.data_ptr<acc_t>();
         p.dev2 = dev2_c.data_ptr<acc_t>();
         p.vbar = vbar.data_ptr<acc_t>();

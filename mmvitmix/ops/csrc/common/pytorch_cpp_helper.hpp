@@ -42,6 +42,12 @@ inline void check_same_device(const char* op, const char* name,
               t.device(), " but q is on ", ref.device());
 }
 
+// the first N strides of t into dst (kernel parameter blocks)
+template <int N>
+inline void strides_of(const Tensor& t, int64_t* dst) {
+  for (int i = 0; i < N; ++i) dst[i] = t.stride(i);
+}
+
 // a view whose last dim has unit stride (copies only when it has not)
 inline Tensor unit_last_stride(const Tensor& t) {
   return t.size(-1) <= 1 || t.stride(-1) == 1 ? t : t.contiguous();

@@ -290,11 +290,6 @@ MMVITMIX_CPU_CLONES void emsa_backward_tasks(
   }
 }
 
-template <int N>
-inline void strides_of(const Tensor& t, int64_t* dst) {
-  for (int i = 0; i < N; ++i) dst[i] = t.stride(i);
-}
-
 // mean_j v per (b, head) over its M keys
 template <typename scalar_t, typename T>
 void value_means(const EmsaParams<scalar_t, T>& p, T* vbar) {

@@ -62,11 +62,6 @@ struct RetentionParams {
   bool decay_grad;
 };
 
-template <int N>
-inline void strides_of(const Tensor& t, int64_t* dst) {
-  for (int i = 0; i < N; ++i) dst[i] = t.stride(i);
-}
-
 // a row of q (scaled) or k into dst, rotated when the tables are given;
 // `pos` is the token's position in its sequence s
 template <typename scalar_t, typename T>

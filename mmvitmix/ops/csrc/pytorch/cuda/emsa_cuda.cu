@@ -8,42 +8,11 @@
 
 #include <climits>
 
-#include "cuda/emsa_cuda_kernel.cuh"
+#include "cuda/emsa_cuda_params.h"
 #include "pytorch_cpp_helper.hpp"
 
 namespace mmvitmix {
 namespace {
-
-template <int N>
-void strides_of(const Tensor& t, int64_t* dst) {
-  for (int i = 0; i < N; ++i) dst[i] = t.stride(i);
-}
-
-template <typename scalar_t, typename acc_t>
-cuda::EmsaCudaParams<scalar_t, acc_t> make_params(const Tensor& q,
-                                                  const Tensor& k,
-                                                  const Tensor& v,
-                                                  const Tensor& W,
-                                                  const Tensor& bias,
-                                                  double scale) {
-  cuda::EmsaCudaParams<scalar_t, acc_t> p{};
-  p.q = q.data_ptr<scalar_t>();
-  p.k = k.data_ptr<scalar_t>();
-  p.v = v.data_ptr<scalar_t>();
-  p.W = W.data_ptr<acc_t>();
-  p.bias = bias.data_ptr<acc_t>();
-  strides_of<4>(q, p.qs);
-  strides_of<4>(k, p.ks);
-  strides_of<4>(v, p.vs);
-  p.B = q.size(0);
-  p.H = q.size(1);
-  p.N = q.size(2);
-  p.M = k.size(2);
-  p.D = q.size(3);
-  p.Dv = v.size(3);
-  p.scale = static_cast<acc_t>(scale);
-  return p;
-}
 
 // picks the tiles, raises the dynamic shared memory limit when needed and
 // launches one block per (batch, tile)
@@ -104,7 +73,7 @@ std::tuple<Tensor, Tensor, Tensor> emsa_forward_cuda(
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, q.scalar_type(), "emsa_forward_cuda", [&] {
         using acc_t = acc_type_t<scalar_t>;
-        auto p = make_params<scalar_t, acc_t>(q, k, v, W, bias, scale);
+        auto p = cuda::make_emsa_params<scalar_t, acc_t>(q, k, v, W, bias, scale);
         p.obuf = obuf.data_ptr<acc_t>();
         p.lse = lse.data_ptr<acc_t>();
         p.dev2 = dev2.data_ptr<acc_t>();
@@ -155,7 +124,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> emsa_backward_cuda(
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, q.scalar_type(), "emsa_backward_cuda", [&] {
         using acc_t = acc_type_t<scalar_t>;
-        auto p = make_params<scalar_t, acc_t>(q, k, v, W, bias, scale);
+        auto p = cuda::make_emsa_params<scalar_t, acc_t>(q, k, v, W, bias, scale);
         p.lse = lse.data_ptr<acc_t>();
         p.dev2 = dev2.data_ptr<acc_t>();
         p.vbar = vbar.data_ptr<acc_t>();

@@ -6,37 +6,11 @@
 
 #include <climits>
 
-#include "cuda/retention_cuda_kernel.cuh"
+#include "cuda/retention_cuda_params.h"
 #include "pytorch_cpp_helper.hpp"
 
 namespace mmvitmix {
 namespace {
-
-template <int N>
-void strides_of(const Tensor& t, int64_t* dst) {
-  for (int i = 0; i < N; ++i) dst[i] = t.stride(i);
-}
-
-template <typename scalar_t, typename acc_t>
-cuda::RetentionCudaParams<scalar_t, acc_t> make_params(
-    const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& decay,
-    int64_t width) {
-  cuda::RetentionCudaParams<scalar_t, acc_t> p{};
-  p.q = q.data_ptr<scalar_t>();
-  p.k = k.data_ptr<scalar_t>();
-  p.v = v.data_ptr<scalar_t>();
-  p.log_decay = decay.data_ptr<acc_t>();
-  strides_of<5>(q, p.qs);
-  strides_of<5>(k, p.ks);
-  strides_of<5>(v, p.vs);
-  p.heads = q.size(1);
-  p.seqs = q.size(2);
-  p.L = q.size(3);
-  p.dim_k = q.size(4);
-  p.dim_v = v.size(4);
-  p.width = width;
-  return p;
-}
 
 int64_t num_blocks(int64_t num_seq, int64_t tiles) {
   const int64_t blocks = num_seq * tiles;
@@ -69,22 +43,6 @@ void launch_backward(cuda::RetentionCudaParams<scalar_t, acc_t> p,
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-// calls FN<scalar_t, acc_t, bucket>(args...) for the head-dim bucket
-#define MMVITMIX_DISPATCH_HEAD_DIM(bucket, FN, ...)                     \
-  switch (bucket) {                                                   \
-    case 16:                                                          \
-      FN<scalar_t, acc_t, 16>(__VA_ARGS__);                           \
-      break;                                                          \
-    case 32:                                                          \
-      FN<scalar_t, acc_t, 32>(__VA_ARGS__);                           \
-      break;                                                          \
-    case 64:                                                          \
-      FN<scalar_t, acc_t, 64>(__VA_ARGS__);                           \
-      break;                                                          \
-    default:                                                          \
-      FN<scalar_t, acc_t, 128>(__VA_ARGS__);                          \
-  }
-
 void check_head_dims(const Tensor& q, const Tensor& v) {
   TORCH_CHECK(q.size(4) <= 128 && v.size(4) <= 128,
               "retention (CUDA): head dims up to 128 are supported, got Dk=",
@@ -116,7 +74,7 @@ std::tuple<Tensor, Tensor> retention_forward_cuda(const Tensor& q_in,
       at::kHalf, at::kBFloat16, q.scalar_type(), "retention_forward_cuda",
       [&] {
         using acc_t = acc_type_t<scalar_t>;
-        auto p = make_params<scalar_t, acc_t>(q, k, v, decay, width);
+        auto p = cuda::make_retention_params<scalar_t, acc_t>(q, k, v, decay, width);
         p.out = out.data_ptr<scalar_t>();
         p.lse = lse.data_ptr<acc_t>();
         strides_of<5>(out, p.os);
@@ -153,7 +111,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> retention_backward_cuda(
       at::kHalf, at::kBFloat16, q.scalar_type(), "retention_backward_cuda",
       [&] {
         using acc_t = acc_type_t<scalar_t>;
-        auto p = make_params<scalar_t, acc_t>(q, k, v, decay, width);
+        auto p = cuda::make_retention_params<scalar_t, acc_t>(q, k, v, decay, width);
         p.grad_out = grad_out.data_ptr<scalar_t>();
         p.dq = dq.data_ptr<scalar_t>();
         p.dk = dk.data_ptr<scalar_t>();
