@@ -86,6 +86,15 @@ def get_extensions():
                  or os.environ.get('FORCE_CUDA', '0') == '1')
     if with_cuda:
         os.environ.setdefault('TORCH_CUDA_ARCH_LIST', '8.0;9.0')
+        # recorded in the binary (mmvitmix._ext.cuda_arch_list()) so that
+        # the dispatcher never launches a kernel the GPU has no code for
+        archs = '_'.join(
+            re.split(r'[;\s]+', os.environ['TORCH_CUDA_ARCH_LIST'].strip()))
+        if not re.fullmatch(r'[0-9._A-Za-z+]+', archs):
+            raise ValueError('TORCH_CUDA_ARCH_LIST must list architectures '
+                             "such as '8.0;9.0+PTX', got "
+                             f"{os.environ['TORCH_CUDA_ARCH_LIST']!r}")
+        define_macros.append(('MMVITMIX_CUDA_ARCHS', archs))
         sources += sorted(glob(os.path.join(csrc, 'pytorch', 'cuda', '*.cu')))
         include_dirs += _cuda_include_dirs()
         define_macros.append(('MMVITMIX_WITH_CUDA', None))

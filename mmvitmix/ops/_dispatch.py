@@ -1,57 +1,54 @@
-"""Lazy lookup of fused kernels for the attention seams.
+"""Loading of the compiled extension ``mmvitmix._ext`` (a leaf module).
 
-Importing mmvitmix never loads a compiled extension. The first call of a
-seam asks :func:`get_kernel`, which imports ``mmvitmix._ext`` once (built by
-``setup.py``; loading it defines ``torch.ops.mmvitmix.*``), registers the
-ops' fake kernels and autograd with ``torch.library``, and answers with the
-fused function when the extension serves the example tensor's device, or
-``None`` (the seam then runs its PyTorch reference). A missing extension
-is remembered, not raised: :func:`ext_error` says why it did not load.
+Importing mmvitmix never loads a compiled extension. The first call that
+may use a fused kernel asks :func:`load_ext`, which imports
+``mmvitmix._ext`` once (built by ``setup.py``; loading it defines
+``torch.ops.mmvitmix.*``). A missing extension is remembered, not raised:
+:func:`ext_error` says why it did not load. Each op module
+(:mod:`.retention`, :mod:`.emsa`) registers its own fake kernels and
+autograd once the extension has loaded; this module imports neither.
 
-Kernel names: ``'retention'`` (5-D strided retention, see
-:func:`mmvitmix.ops.retention._retention_fused`) and ``'emsa'``
-(:func:`mmvitmix.ops.emsa._emsa_fused`).
+:func:`register_kernel` lets tests and out-of-tree kernels stand in for a
+compiled kernel (``'retention'`` or ``'emsa'``, same signature as the
+modules' ``_retention_fused`` / ``_emsa_fused``).
 """
 import importlib
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, Optional, Tuple
 
 import torch
-from torch import Tensor
+
+FLOATING = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 _KERNELS: Dict[str, Callable] = {}
-_FLOATING = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 # extension state: None until the first load attempt
+_EXT = None
 _EXT_LOADED: Optional[bool] = None
-_EXT_WITH_CUDA = False
 _EXT_ERROR: Optional[str] = None
-_FUSED: Dict[str, Callable] = {}
 
 
-def register_kernel(name: str, fn: Callable) -> None:
-    """Register a fused implementation for the seam ``name``.
+def register_kernel(name: str, fn: Optional[Callable]) -> None:
+    """Stand ``fn`` in for the fused kernel ``name`` (None: remove it)."""
+    if fn is None:
+        _KERNELS.pop(name, None)
+    else:
+        _KERNELS[name] = fn
 
-    An explicit registration takes precedence over the compiled extension
-    (for tests and out-of-tree kernels).
-    """
-    _KERNELS[name] = fn
+
+def registered_kernel(name: str) -> Optional[Callable]:
+    """The stand-in registered for ``name``, if any."""
+    return _KERNELS.get(name)
 
 
 def load_ext() -> bool:
     """Import ``mmvitmix._ext`` once; True when it is available."""
-    global _EXT_LOADED, _EXT_WITH_CUDA, _EXT_ERROR
+    global _EXT, _EXT_LOADED, _EXT_ERROR
     if _EXT_LOADED is None:
         try:
-            ext = importlib.import_module('mmvitmix._ext')
+            _EXT = importlib.import_module('mmvitmix._ext')
         except ImportError as exc:  # not built, or built for another torch
             _EXT_LOADED, _EXT_ERROR = False, str(exc)
         else:
-            from . import emsa, retention
-            retention._register_library()
-            emsa._register_library()
-            _FUSED['retention'] = retention._retention_fused
-            _FUSED['emsa'] = emsa._emsa_fused
-            _EXT_WITH_CUDA = bool(ext.with_cuda())
             _EXT_LOADED = True
     return _EXT_LOADED
 
@@ -61,14 +58,19 @@ def ext_error() -> Optional[str]:
     return _EXT_ERROR
 
 
-def get_kernel(name: str, example: Tensor) -> Optional[Callable]:
-    """The fused kernel for ``name`` usable on ``example``'s device, or None."""
-    fn = _KERNELS.get(name)
-    if fn is not None:
-        return fn
-    if example.dtype not in _FLOATING or not load_ext():
+def ext_with_cuda() -> bool:
+    """True when the loaded extension holds the CUDA kernels."""
+    return bool(load_ext() and _EXT.with_cuda())
+
+
+def ext_cuda_archs() -> Optional[Tuple[str, ...]]:
+    """The CUDA architectures the extension was compiled for.
+
+    From ``TORCH_CUDA_ARCH_LIST`` at build time, e.g. ``('8.0', '9.0')``;
+    None for an extension without CUDA or built before the list was
+    recorded.
+    """
+    if not ext_with_cuda() or not hasattr(_EXT, 'cuda_arch_list'):
         return None
-    device = example.device.type
-    if device == 'cpu' or (device == 'cuda' and _EXT_WITH_CUDA):
-        return _FUSED.get(name)
-    return None
+    text = _EXT.cuda_arch_list().replace(' ', ';').replace('_', ';')
+    return tuple(a for a in text.split(';') if a)

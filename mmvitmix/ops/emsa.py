@@ -1,7 +1,9 @@
 """Attention core of ResT's Efficient Multi-head Self-Attention (EMSA).
 
-The seam between the ResT backbone and the fused kernels:
-:func:`emsa_attention` is the only entry point the backbone calls.
+The seam between the ResT backbone and the attention kernels:
+:func:`emsa_attention` is the only entry point the backbone calls; it runs
+the backend :mod:`mmvitmix.ops.backends` picks (the fused kernels below, the
+plain-PyTorch reference, or torch's SDPA where EMSA has no head mixing).
 
 Per batch element, with logits ``T_h = scale · q_h k_hᵀ`` (N×M per head)::
 
@@ -25,7 +27,6 @@ backward recomputes the map from the saved per-row logsumexp and
 the bias is exactly zero (it shifts whole softmax rows) and is returned
 as zeros.
 """
-import os
 from typing import Optional
 
 import torch
@@ -60,14 +61,18 @@ def emsa_attention_pytorch(q: Tensor,
     attn = (q @ k.transpose(-2, -1)) * scale
     if weight is None:
         return attn.softmax(dim=-1) @ v
-    attn = torch.einsum('hg,bgnm->bhnm', weight, attn)
+    attn = torch.einsum('hg,bgnm->bhnm', weight.to(attn.dtype), attn)
     if bias is not None:
-        attn = attn + bias[None, :, None, None]
+        attn = attn + bias.to(attn.dtype)[None, :, None, None]
+    # half-precision maps are normalised in float32, as autocast runs
+    # softmax and norms: 1/σ of a near-uniform map overflows float16
+    low = attn.dtype in (torch.float16, torch.bfloat16)
+    attn = attn.float() if low else attn
     attn = attn.softmax(dim=-1)
     mean = attn.mean(dim=(-2, -1), keepdim=True)
     var = attn.var(dim=(-2, -1), keepdim=True, unbiased=False)
     attn = (attn - mean) / torch.sqrt(var + eps)
-    return attn @ v
+    return attn.to(v.dtype) @ v
 
 
 def _stats_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -95,25 +100,51 @@ def _emsa_fused(q: Tensor,
     return out.to(v.dtype)
 
 
+_LIBRARY_REGISTERED = False
+
+
+def _fused_op():
+    """The fused op (a registered stand-in, else the extension's)."""
+    global _LIBRARY_REGISTERED
+    from . import _dispatch
+    stand_in = _dispatch.registered_kernel('emsa')
+    if stand_in is not None:
+        return stand_in
+    if not _LIBRARY_REGISTERED:
+        if not _dispatch.load_ext():
+            raise RuntimeError('mmvitmix._ext did not load: '
+                               f'{_dispatch.ext_error()}')
+        _register_library()
+        _LIBRARY_REGISTERED = True
+    return _emsa_fused
+
+
 def emsa_attention(q: Tensor,
                    k: Tensor,
                    v: Tensor,
                    scale: float,
                    weight: Optional[Tensor] = None,
                    bias: Optional[Tensor] = None,
-                   eps: float = 1e-5) -> Tensor:
-    """EMSA core: fused kernel where available, else the reference.
+                   eps: float = 1e-5,
+                   backend: Optional[str] = None) -> Tensor:
+    """EMSA core, run by the backend :mod:`mmvitmix.ops.backends` picks.
 
-    Same arguments and result as :func:`emsa_attention_pytorch`. Without
-    ``weight`` (no head mixing) it is plain softmax attention and always
-    runs the reference.
+    Same arguments and result as :func:`emsa_attention_pytorch`, plus
+    ``backend`` (one of :data:`mmvitmix.ops.backends.BACKENDS`; None or
+    ``'auto'`` defer to ``MMVITMIX_ATTN_BACKEND``, then to the measured
+    choice). Without ``weight`` (no head mixing) EMSA is plain softmax
+    attention, run by torch's SDPA (or the reference when asked for).
     """
-    if weight is not None and os.environ.get(
-            'MMVITMIX_FORCE_REFERENCE', '0') in ('', '0'):
-        from . import _dispatch
-        fused = _dispatch.get_kernel('emsa', q)
-        if fused is not None:
-            return fused(q, k, v, scale, weight, bias, eps)
+    from .backends import resolve_emsa
+    chosen = resolve_emsa(backend, q, k, v, weight is not None)
+    if chosen == 'sdpa':  # plain attention only (resolve_emsa's contract)
+        dtype = torch.promote_types(
+            torch.promote_types(q.dtype, k.dtype), v.dtype)
+        return torch.nn.functional.scaled_dot_product_attention(
+            q.to(dtype), k.to(dtype), v.to(dtype),
+            scale=float(scale)).to(v.dtype)
+    if chosen == 'fused':
+        return _fused_op()(q, k, v, scale, weight, bias, eps)
     return emsa_attention_pytorch(q, k, v, scale, weight, bias, eps)
 
 

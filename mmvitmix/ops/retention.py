@@ -2,9 +2,12 @@
 
 This module is the seam between the RMT backbone and the attention kernels.
 :func:`retention_attention` is the only entry point the backbone calls; it
-dispatches to the fused kernels (``torch.ops.mmvitmix.retention_forward``,
-C++/CUDA in ``csrc/``) when the extension is built for the inputs' device
-and to the plain-PyTorch reference otherwise.
+runs one of the backends of :mod:`mmvitmix.ops.backends`: torch's
+``scaled_dot_product_attention`` with the decay as an additive mask
+(``sdpa``), ``flex_attention`` with the decay in a ``score_mod``
+(``flex``), the fused kernels (``torch.ops.mmvitmix.retention_forward``,
+C++/CUDA in ``csrc/``; ``fused``) or the plain-PyTorch reference
+(``reference``), chosen per call (``auto`` picks the measured fastest).
 
 Definitions (per head ``h`` with decay ``log_gamma[h] = log(γ_h) < 0``)::
 
@@ -32,7 +35,6 @@ query and recomputes the attention map in backward: no L×L tensor is ever
 stored. Gradients flow to ``q``, ``k``, ``v`` and ``log_decay``.
 """
 import math
-import os
 from typing import Optional, Tuple
 
 import torch
@@ -43,9 +45,6 @@ __all__ = [
     'rotate_every_two', 'retention_1d_pytorch', 'retention_2d_pytorch',
     'decay_bias_1d', 'decay_bias_2d'
 ]
-
-#: set ``MMVITMIX_FORCE_REFERENCE=1`` to force the plain-PyTorch path
-FORCE_REFERENCE_ENV = 'MMVITMIX_FORCE_REFERENCE'
 
 
 def rotate_every_two(x: Tensor) -> Tensor:
@@ -122,12 +121,27 @@ def retention_2d_pytorch(q: Tensor, k: Tensor, v: Tensor, log_decay: Tensor,
     return attn.to(v.dtype) @ v
 
 
-def _use_reference() -> bool:
-    return os.environ.get(FORCE_REFERENCE_ENV, '0') not in ('', '0')
-
-
 def _stats_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+_LIBRARY_REGISTERED = False
+
+
+def _fused_op():
+    """The fused 5-D op (a registered stand-in, else the extension's)."""
+    global _LIBRARY_REGISTERED
+    from . import _dispatch
+    stand_in = _dispatch.registered_kernel('retention')
+    if stand_in is not None:
+        return stand_in
+    if not _LIBRARY_REGISTERED:
+        if not _dispatch.load_ext():
+            raise RuntimeError('mmvitmix._ext did not load: '
+                               f'{_dispatch.ext_error()}')
+        _register_library()
+        _LIBRARY_REGISTERED = True
+    return _retention_fused
 
 
 def _retention_fused(q: Tensor,
@@ -154,38 +168,33 @@ def _retention_fused(q: Tensor,
     return out.to(v.dtype)
 
 
-#: the CUDA kernels' largest head dim (the CPU kernel takes any)
-CUDA_MAX_HEAD_DIM = 128
+def retention_1d(q: Tensor,
+                 k: Tensor,
+                 v: Tensor,
+                 log_decay: Tensor,
+                 backend: Optional[str] = None) -> Tensor:
+    """1-D retention on (N, heads, L, D) (q rotated, k scaled)."""
+    out = retention_attention(
+        q.unsqueeze(2), k.unsqueeze(2), v.unsqueeze(2), log_decay, True,
+        backend=backend)  # the H pass over one row is the identity
+    return out.squeeze(2)
 
 
-def _fused_kernel(q: Tensor, v: Tensor):
-    if _use_reference() or (q.is_cuda and max(q.shape[-1], v.shape[-1]) >
-                            CUDA_MAX_HEAD_DIM):
-        return None
-    from . import _dispatch
-    return _dispatch.get_kernel('retention', q)
-
-
-def retention_1d(q: Tensor, k: Tensor, v: Tensor, log_decay: Tensor) -> Tensor:
-    """1-D retention on (N, heads, L, D): fused where available."""
-    fused = _fused_kernel(q, v)
-    if fused is not None:
-        return fused(q.unsqueeze(2), k.unsqueeze(2), v.unsqueeze(2),
-                     log_decay, 0).squeeze(2)
-    return retention_1d_pytorch(q, k, v, log_decay)
-
-
-def retention_2d(q: Tensor, k: Tensor, v: Tensor, log_decay: Tensor,
-                 hw: Tuple[int, int]) -> Tensor:
-    """2-D retention on (N, heads, H·W, D): fused where available."""
+def retention_2d(q: Tensor,
+                 k: Tensor,
+                 v: Tensor,
+                 log_decay: Tensor,
+                 hw: Tuple[int, int],
+                 backend: Optional[str] = None) -> Tensor:
+    """2-D retention on (N, heads, H·W, D) (q rotated, k scaled)."""
     height, width = hw
     if height * width != q.shape[-2]:
         raise ValueError(f'hw={hw} does not match {q.shape[-2]} tokens')
-    fused = _fused_kernel(q, v)
-    if fused is not None:
-        return fused(q.unsqueeze(2), k.unsqueeze(2), v.unsqueeze(2),
-                     log_decay, width).squeeze(2)
-    return retention_2d_pytorch(q, k, v, log_decay, hw)
+    shape5 = q.shape[:2] + (height, width)
+    out = retention_attention(
+        q.reshape(*shape5, q.shape[-1]), k.reshape(*shape5, k.shape[-1]),
+        v.reshape(*shape5, v.shape[-1]), log_decay, False, backend=backend)
+    return out.flatten(2, 3)
 
 
 def _check_rotary(q: Tensor, sin: Optional[Tensor], cos: Optional[Tensor],
@@ -216,7 +225,8 @@ def retention_attention(q: Tensor,
                         decomposed: bool,
                         sin: Optional[Tensor] = None,
                         cos: Optional[Tensor] = None,
-                        scale: float = 1.0) -> Tensor:
+                        scale: float = 1.0,
+                        backend: Optional[str] = None) -> Tensor:
     """The attention core of one RMT retention layer.
 
     Computes the retention of ``theta_shift(q)``, ``theta_shift(k · scale)``
@@ -235,40 +245,61 @@ def retention_attention(q: Tensor,
             ``RetNetRelPos2d``); no grad flows to them. Default: None.
         scale (float): multiplies the logits (RMT: ``Dk ** -0.5``).
             Default: 1.0.
+        backend (str, optional): one of
+            :data:`mmvitmix.ops.backends.BACKENDS`; None or ``'auto'``
+            defer to ``MMVITMIX_ATTN_BACKEND``, then to the measured
+            choice (:mod:`mmvitmix.ops.backends`). Default: None.
 
     Returns:
         Tensor: (B, heads, H, W, Dv).
     """
     _check_rotary(q, sin, cos, scale)
-    bsz, heads, height, width, dk = q.shape
-    dv = v.shape[-1]
-    fused = _fused_kernel(q, v)
-    if fused is not None:
-        if not decomposed:
-            hw = height * width
-            tables = ((sin.reshape(1, hw, dk), cos.reshape(1, hw, dk))
-                      if sin is not None else (None, None))
-            out = fused(
-                q.reshape(bsz, heads, 1, hw, dk),
-                k.reshape(bsz, heads, 1, hw, dk),
-                v.reshape(bsz, heads, 1, hw, dv), log_decay, width, *tables,
-                scale)
-            return out.reshape(bsz, heads, height, width, dv)
-        # W pass: S = H sequences of W tokens, read in place; H pass over
-        # the transposed views (no copies, the output keeps v's layout);
-        # both passes rotate q and k on the fly
-        tables_t = ((sin.transpose(0, 1), cos.transpose(0, 1))
-                    if sin is not None else (None, None))
-        out_w = fused(q, k, v, log_decay, 0, sin, cos, scale)
-        out = fused(
-            q.transpose(2, 3), k.transpose(2, 3), out_w.transpose(2, 3),
-            log_decay, 0, *tables_t, scale)
-        return out.transpose(2, 3)
-    if scale != 1.0:
-        k = k * scale
+    from .backends import resolve_retention
+    chosen = resolve_retention(backend, q, k, v, decomposed)
+    if chosen == 'fused':
+        return _attention_fused(q, k, v, log_decay, decomposed, sin, cos,
+                                scale)
     if sin is not None:
         q = theta_shift(q, sin, cos)
         k = theta_shift(k, sin, cos)
+    if chosen == 'reference':
+        return _attention_reference(q, k * scale if scale != 1.0 else k, v,
+                                    log_decay, decomposed)
+    return _attention_torch(q, k, v, log_decay, decomposed, scale,
+                            flex=chosen == 'flex')
+
+
+def _attention_fused(q: Tensor, k: Tensor, v: Tensor, log_decay: Tensor,
+                     decomposed: bool, sin: Optional[Tensor],
+                     cos: Optional[Tensor], scale: float) -> Tensor:
+    """The fused kernels; they rotate and scale while they read q and k."""
+    fused = _fused_op()
+    bsz, heads, height, width, dk = q.shape
+    dv = v.shape[-1]
+    if not decomposed:
+        hw = height * width
+        tables = ((sin.reshape(1, hw, dk), cos.reshape(1, hw, dk))
+                  if sin is not None else (None, None))
+        out = fused(
+            q.reshape(bsz, heads, 1, hw, dk), k.reshape(bsz, heads, 1, hw, dk),
+            v.reshape(bsz, heads, 1, hw, dv), log_decay, width, *tables, scale)
+        return out.reshape(bsz, heads, height, width, dv)
+    # W pass: S = H sequences of W tokens, read in place; H pass over the
+    # transposed views (no copies, the output keeps v's layout)
+    tables_t = ((sin.transpose(0, 1), cos.transpose(0, 1))
+                if sin is not None else (None, None))
+    out_w = fused(q, k, v, log_decay, 0, sin, cos, scale)
+    out = fused(
+        q.transpose(2, 3), k.transpose(2, 3), out_w.transpose(2, 3),
+        log_decay, 0, *tables_t, scale)
+    return out.transpose(2, 3)
+
+
+def _attention_reference(q: Tensor, k: Tensor, v: Tensor, log_decay: Tensor,
+                         decomposed: bool) -> Tensor:
+    """The official code's computation (q rotated, k rotated and scaled)."""
+    bsz, heads, height, width, dk = q.shape
+    dv = v.shape[-1]
     if not decomposed:
         out = retention_2d_pytorch(
             q.reshape(bsz, heads, height * width, dk),
@@ -288,6 +319,86 @@ def retention_attention(q: Tensor,
     v_h = out_w.permute(0, 3, 2, 1, 4).reshape(bsz * width, heads, height, dv)
     out_h = retention_1d_pytorch(q_h, k_h, v_h, log_decay)
     return out_h.reshape(bsz, width, heads, height, dv).permute(0, 2, 3, 1, 4)
+
+
+_FLEX = None
+
+
+def _flex_attention():
+    """``flex_attention`` compiled once (recompiled per shape family)."""
+    global _FLEX
+    if _FLEX is None:
+        from torch.nn.attention.flex_attention import flex_attention
+        _FLEX = torch.compile(flex_attention, dynamic=False)
+    return _FLEX
+
+
+def _flex_1d(q: Tensor, k: Tensor, v: Tensor, log_decay: Tensor,
+             scale: float, width: int) -> Tensor:
+    """FlexAttention with the decay from the indices (``width`` 0: 1-D)."""
+    decay = log_decay.to(torch.float32)
+
+    if width == 0:
+
+        def score_mod(score, b, h, q_idx, kv_idx):
+            return score + decay[h] * (q_idx - kv_idx).abs()
+    else:
+
+        def score_mod(score, b, h, q_idx, kv_idx):
+            dist = ((q_idx // width - kv_idx // width).abs() +
+                    (q_idx % width - kv_idx % width).abs())
+            return score + decay[h] * dist
+
+    return _flex_attention()(q, k, v, score_mod=score_mod, scale=scale)
+
+
+def _attention_torch(q: Tensor, k: Tensor, v: Tensor, log_decay: Tensor,
+                     decomposed: bool, scale: float, flex: bool) -> Tensor:
+    """SDPA (decay as an additive mask) or FlexAttention (decay in a
+    ``score_mod``) on rotated q and k; the logit scale is the kernels'.
+
+    4-D tensors with the image rows (W pass) or columns (H pass) folded
+    into the batch, so torch's flash kernels take them; the W pass folds
+    the channels-last projections without a copy.
+    """
+    dtype = torch.promote_types(torch.promote_types(q.dtype, k.dtype), v.dtype)
+    q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
+    bsz, heads, height, width, dk = q.shape
+    dv = v.shape[-1]
+    scale = float(scale)
+
+    def run(q4, k4, v4, length, grid_width):
+        if flex:
+            return _flex_1d(q4, k4, v4, log_decay, scale, grid_width)
+        if grid_width:
+            mask = decay_bias_2d(length // grid_width, grid_width, log_decay,
+                                 dtype)
+        else:
+            mask = decay_bias_1d(length, log_decay, dtype)
+        return torch.nn.functional.scaled_dot_product_attention(
+            q4, k4, v4, attn_mask=mask.unsqueeze(0), scale=scale)
+
+    if not decomposed:
+        hw = height * width
+        out = run(
+            q.reshape(bsz, heads, hw, dk), k.reshape(bsz, heads, hw, dk),
+            v.reshape(bsz, heads, hw, dv), hw, width)
+        return out.reshape(bsz, heads, height, width, dv)
+    # W pass: (B, heads, H, W, D) -> (B·H, heads, W, D)
+    out_w = run(
+        q.transpose(1, 2).reshape(bsz * height, heads, width, dk),
+        k.transpose(1, 2).reshape(bsz * height, heads, width, dk),
+        v.transpose(1, 2).reshape(bsz * height, heads, width, dv), width, 0)
+    if height == 1:
+        return out_w.reshape(bsz, 1, heads, width, dv).transpose(1, 2)
+    out_w = out_w.reshape(bsz, height, heads, width, dv)
+    # H pass: (B, heads, H, W, D) -> (B·W, heads, H, D)
+    out = run(
+        q.permute(0, 3, 1, 2, 4).reshape(bsz * width, heads, height, dk),
+        k.permute(0, 3, 1, 2, 4).reshape(bsz * width, heads, height, dk),
+        out_w.permute(0, 3, 2, 1, 4).reshape(bsz * width, heads, height, dv),
+        height, 0)
+    return out.reshape(bsz, width, heads, height, dv).permute(0, 2, 3, 1, 4)
 
 
 # --------------------------------------------------------------------------

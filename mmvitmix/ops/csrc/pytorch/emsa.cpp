@@ -1,4 +1,5 @@
-// ResT's EMSA attention core: schema, argument checks, per-device dispatch.
+// ResT's EMSA attention core: schema, argument checks, per-device entry
+// points.
 // Kernels: cpu/emsa_cpu.cpp, cuda/emsa_cuda.cu.
 //
 // Per batch element, logits of every head g: T_g = scale · q_g k_gᵀ (N×M);
@@ -80,28 +81,11 @@ void check_inputs(const Tensor& q, const Tensor& k, const Tensor& v,
   check_same_device(kOp, "bias", bias, q);
 }
 
-std::tuple<Tensor, Tensor, Tensor> emsa_forward(const Tensor& q,
-                                                const Tensor& k,
-                                                const Tensor& v,
-                                                const Tensor& weight,
-                                                const Tensor& bias,
-                                                double scale, double eps) {
-  check_inputs(q, k, v, weight, bias, eps);
-  if (q.is_cuda()) {
-#ifdef MMVITMIX_WITH_CUDA
-    return emsa_forward_cuda(q, k, v, weight, bias, scale, eps);
-#else
-    TORCH_CHECK(false, "emsa: mmvitmix was built without CUDA");
-#endif
-  }
-  TORCH_CHECK(q.is_cpu(), "emsa: unsupported device ", q.device());
-  return emsa_forward_cpu(q, k, v, weight, bias, scale, eps);
-}
-
-std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> emsa_backward(
-    const Tensor& grad_out, const Tensor& q, const Tensor& k, const Tensor& v,
-    const Tensor& weight, const Tensor& bias, const Tensor& out,
-    const Tensor& lse, const Tensor& dev2, double scale, double eps) {
+void check_backward_inputs(const Tensor& grad_out, const Tensor& q,
+                           const Tensor& k, const Tensor& v,
+                           const Tensor& weight, const Tensor& bias,
+                           const Tensor& out, const Tensor& lse,
+                           const Tensor& dev2, double eps) {
   check_inputs(q, k, v, weight, bias, eps);
   const std::vector<int64_t> out_shape{q.size(0), q.size(1), q.size(2),
                                        v.size(3)};
@@ -121,18 +105,57 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> emsa_backward(
   check_same_device(kOp, "out", out, q);
   check_same_device(kOp, "lse", lse, q);
   check_same_device(kOp, "dev2", dev2, q);
-  if (q.is_cuda()) {
-#ifdef MMVITMIX_WITH_CUDA
-    return emsa_backward_cuda(grad_out, q, k, v, weight, bias, out, lse, dev2,
-                              scale, eps);
-#else
-    TORCH_CHECK(false, "emsa: mmvitmix was built without CUDA");
-#endif
-  }
-  TORCH_CHECK(q.is_cpu(), "emsa: unsupported device ", q.device());
-  return emsa_backward_cpu(grad_out, q, k, v, weight, bias, out, lse, dev2,
-                           scale, eps);
 }
+
+// Per-device entry points, registered below for the CPU and CUDA dispatch
+// keys (the dispatcher picks the device; no device branches here).
+template <typename Fn>
+std::tuple<Tensor, Tensor, Tensor> forward_entry(
+    Fn kernel, const Tensor& q, const Tensor& k, const Tensor& v,
+    const Tensor& weight, const Tensor& bias, double scale, double eps) {
+  check_inputs(q, k, v, weight, bias, eps);
+  return kernel(q, k, v, weight, bias, scale, eps);
+}
+
+template <typename Fn>
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> backward_entry(
+    Fn kernel, const Tensor& grad_out, const Tensor& q, const Tensor& k,
+    const Tensor& v, const Tensor& weight, const Tensor& bias,
+    const Tensor& out, const Tensor& lse, const Tensor& dev2, double scale,
+    double eps) {
+  check_backward_inputs(grad_out, q, k, v, weight, bias, out, lse, dev2, eps);
+  return kernel(grad_out, q, k, v, weight, bias, out, lse, dev2, scale, eps);
+}
+
+std::tuple<Tensor, Tensor, Tensor> emsa_forward_cpu_entry(
+    const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& weight,
+    const Tensor& bias, double scale, double eps) {
+  return forward_entry(emsa_forward_cpu, q, k, v, weight, bias, scale, eps);
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> emsa_backward_cpu_entry(
+    const Tensor& grad_out, const Tensor& q, const Tensor& k, const Tensor& v,
+    const Tensor& weight, const Tensor& bias, const Tensor& out,
+    const Tensor& lse, const Tensor& dev2, double scale, double eps) {
+  return backward_entry(emsa_backward_cpu, grad_out, q, k, v, weight, bias,
+                        out, lse, dev2, scale, eps);
+}
+
+#ifdef MMVITMIX_WITH_CUDA
+std::tuple<Tensor, Tensor, Tensor> emsa_forward_cuda_entry(
+    const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& weight,
+    const Tensor& bias, double scale, double eps) {
+  return forward_entry(emsa_forward_cuda, q, k, v, weight, bias, scale, eps);
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> emsa_backward_cuda_entry(
+    const Tensor& grad_out, const Tensor& q, const Tensor& k, const Tensor& v,
+    const Tensor& weight, const Tensor& bias, const Tensor& out,
+    const Tensor& lse, const Tensor& dev2, double scale, double eps) {
+  return backward_entry(emsa_backward_cuda, grad_out, q, k, v, weight, bias,
+                        out, lse, dev2, scale, eps);
+}
+#endif
 
 }  // namespace
 
@@ -147,14 +170,14 @@ TORCH_LIBRARY_FRAGMENT(mmvitmix, m) {
 }
 
 TORCH_LIBRARY_IMPL(mmvitmix, CPU, m) {
-  m.impl("emsa_forward", &emsa_forward);
-  m.impl("emsa_backward", &emsa_backward);
+  m.impl("emsa_forward", &emsa_forward_cpu_entry);
+  m.impl("emsa_backward", &emsa_backward_cpu_entry);
 }
 
 #ifdef MMVITMIX_WITH_CUDA
 TORCH_LIBRARY_IMPL(mmvitmix, CUDA, m) {
-  m.impl("emsa_forward", &emsa_forward);
-  m.impl("emsa_backward", &emsa_backward);
+  m.impl("emsa_forward", &emsa_forward_cuda_entry);
+  m.impl("emsa_backward", &emsa_backward_cuda_entry);
 }
 #endif
 

@@ -1,5 +1,5 @@
 // Retention attention (RMT's Manhattan self-attention core): schema,
-// argument checks and per-device dispatch. The kernels live in
+// argument checks and per-device entry points. The kernels live in
 // cpu/retention_cpu.cpp and cuda/retention_cuda.cu.
 //
 //   out[b,h,s,i] = Σ_j softmax_j(q_i·k_j + log_decay[h]·dist(i, j)) v_j
@@ -84,33 +84,11 @@ RotaryTables key_part(const RotaryTables& r) {
   return k;
 }
 
-std::tuple<Tensor, Tensor> retention_forward(
-    const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& log_decay,
-    int64_t width, const std::optional<Tensor>& sin,
-    const std::optional<Tensor>& cos, double scale) {
+void check_backward_inputs(const Tensor& grad_out, const Tensor& q,
+                           const Tensor& k, const Tensor& v, const Tensor& out,
+                           const Tensor& lse, const Tensor& log_decay,
+                           int64_t width) {
   check_inputs(q, k, v, log_decay, width);
-  const RotaryTables rot = make_rotary(kOp, q, sin, cos, scale);
-  if (q.is_cuda()) {
-#ifdef MMVITMIX_WITH_CUDA
-    // the CUDA kernels take q', k': rotate with ATen first
-    return retention_forward_cuda(rotary_apply(q, rot, false),
-                                  rotary_apply(k, key_part(rot), false), v,
-                                  log_decay, width);
-#else
-    TORCH_CHECK(false, "retention: mmvitmix was built without CUDA");
-#endif
-  }
-  TORCH_CHECK(q.is_cpu(), "retention: unsupported device ", q.device());
-  return retention_forward_cpu(q, k, v, log_decay, width, rot);
-}
-
-std::tuple<Tensor, Tensor, Tensor, Tensor> retention_backward(
-    const Tensor& grad_out, const Tensor& q, const Tensor& k, const Tensor& v,
-    const Tensor& out, const Tensor& lse, const Tensor& log_decay,
-    int64_t width, bool decay_grad, const std::optional<Tensor>& sin,
-    const std::optional<Tensor>& cos, double scale) {
-  check_inputs(q, k, v, log_decay, width);
-  const RotaryTables rot = make_rotary(kOp, q, sin, cos, scale);
   TORCH_CHECK(grad_out.sizes() == v.sizes() && out.sizes() == v.sizes(),
               "retention: grad_out ", grad_out.sizes(), " and out ",
               out.sizes(), " must have v's shape ", v.sizes());
@@ -126,28 +104,65 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> retention_backward(
   check_same_device(kOp, "grad_out", grad_out, q);
   check_same_device(kOp, "out", out, q);
   check_same_device(kOp, "lse", lse, q);
-  if (q.is_cuda()) {
-#ifdef MMVITMIX_WITH_CUDA
-    if (rot.is_identity()) {
-      return retention_backward_cuda(grad_out, q, k, v, out, lse, log_decay,
-                                     width, decay_grad);
-    }
-    // gradients w.r.t. q', k', then back through scale · rotᵀ
-    const RotaryTables krot = key_part(rot);
-    auto grads = retention_backward_cuda(
-        grad_out, rotary_apply(q, rot, false), rotary_apply(k, krot, false), v,
-        out, lse, log_decay, width, decay_grad);
-    return {rotary_apply(std::get<0>(grads), rot, true),
-            rotary_apply(std::get<1>(grads), krot, true), std::get<2>(grads),
-            std::get<3>(grads)};
-#else
-    TORCH_CHECK(false, "retention: mmvitmix was built without CUDA");
-#endif
-  }
-  TORCH_CHECK(q.is_cpu(), "retention: unsupported device ", q.device());
-  return retention_backward_cpu(grad_out, q, k, v, out, lse, log_decay, width,
-                                decay_grad, rot);
 }
+
+// Per-device entry points, registered below for the CPU and CUDA dispatch
+// keys (the dispatcher picks the device; no device branches here).
+
+std::tuple<Tensor, Tensor> retention_forward_cpu_entry(
+    const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& log_decay,
+    int64_t width, const std::optional<Tensor>& sin,
+    const std::optional<Tensor>& cos, double scale) {
+  check_inputs(q, k, v, log_decay, width);
+  return retention_forward_cpu(q, k, v, log_decay, width,
+                               make_rotary(kOp, q, sin, cos, scale));
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor> retention_backward_cpu_entry(
+    const Tensor& grad_out, const Tensor& q, const Tensor& k, const Tensor& v,
+    const Tensor& out, const Tensor& lse, const Tensor& log_decay,
+    int64_t width, bool decay_grad, const std::optional<Tensor>& sin,
+    const std::optional<Tensor>& cos, double scale) {
+  check_backward_inputs(grad_out, q, k, v, out, lse, log_decay, width);
+  return retention_backward_cpu(grad_out, q, k, v, out, lse, log_decay, width,
+                                decay_grad,
+                                make_rotary(kOp, q, sin, cos, scale));
+}
+
+#ifdef MMVITMIX_WITH_CUDA
+std::tuple<Tensor, Tensor> retention_forward_cuda_entry(
+    const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& log_decay,
+    int64_t width, const std::optional<Tensor>& sin,
+    const std::optional<Tensor>& cos, double scale) {
+  check_inputs(q, k, v, log_decay, width);
+  const RotaryTables rot = make_rotary(kOp, q, sin, cos, scale);
+  // the CUDA kernels take q', k': rotate with ATen first
+  return retention_forward_cuda(rotary_apply(q, rot, false),
+                                rotary_apply(k, key_part(rot), false), v,
+                                log_decay, width);
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor> retention_backward_cuda_entry(
+    const Tensor& grad_out, const Tensor& q, const Tensor& k, const Tensor& v,
+    const Tensor& out, const Tensor& lse, const Tensor& log_decay,
+    int64_t width, bool decay_grad, const std::optional<Tensor>& sin,
+    const std::optional<Tensor>& cos, double scale) {
+  check_backward_inputs(grad_out, q, k, v, out, lse, log_decay, width);
+  const RotaryTables rot = make_rotary(kOp, q, sin, cos, scale);
+  if (rot.is_identity()) {
+    return retention_backward_cuda(grad_out, q, k, v, out, lse, log_decay,
+                                   width, decay_grad);
+  }
+  // gradients w.r.t. q', k', then back through scale · rotᵀ
+  const RotaryTables krot = key_part(rot);
+  auto grads = retention_backward_cuda(
+      grad_out, rotary_apply(q, rot, false), rotary_apply(k, krot, false), v,
+      out, lse, log_decay, width, decay_grad);
+  return {rotary_apply(std::get<0>(grads), rot, true),
+          rotary_apply(std::get<1>(grads), krot, true), std::get<2>(grads),
+          std::get<3>(grads)};
+}
+#endif
 
 // scale · rot(x) or scale · rotᵀ(x) with ATen: the pre/post-processing of
 // the CUDA route, exposed so that it can be tested on any device
@@ -177,8 +192,8 @@ TORCH_LIBRARY_FRAGMENT(mmvitmix, m) {
 }
 
 TORCH_LIBRARY_IMPL(mmvitmix, CPU, m) {
-  m.impl("retention_forward", &retention_forward);
-  m.impl("retention_backward", &retention_backward);
+  m.impl("retention_forward", &retention_forward_cpu_entry);
+  m.impl("retention_backward", &retention_backward_cpu_entry);
 }
 
 TORCH_LIBRARY_IMPL(mmvitmix, CompositeImplicitAutograd, m) {
@@ -187,8 +202,8 @@ TORCH_LIBRARY_IMPL(mmvitmix, CompositeImplicitAutograd, m) {
 
 #ifdef MMVITMIX_WITH_CUDA
 TORCH_LIBRARY_IMPL(mmvitmix, CUDA, m) {
-  m.impl("retention_forward", &retention_forward);
-  m.impl("retention_backward", &retention_backward);
+  m.impl("retention_forward", &retention_forward_cuda_entry);
+  m.impl("retention_backward", &retention_backward_cuda_entry);
 }
 #endif
 
