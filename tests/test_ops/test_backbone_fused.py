@@ -1,4 +1,5 @@
-"""RMT and ResT with the fused ops equal their reference path (tiny archs)."""
+"""RMT and ResT: every attention backend equals the reference path (tiny
+archs)."""
 import copy
 
 import pytest
@@ -41,26 +42,28 @@ def outputs_and_grads(model, x):
     return [o.detach() for o in outs], grads
 
 
+@pytest.mark.parametrize('backend', ['fused', 'sdpa', 'auto'])
 @pytest.mark.parametrize('build', [
     lambda: RMT(arch=dict(RMT_TINY), drop_path_rate=0.),
     lambda: ResT(arch=dict(REST_TINY), drop_path_rate=0.),
 ],
                          ids=['rmt', 'rest'])
-def test_fused_equals_reference(build, monkeypatch):
+def test_backend_equals_reference(build, backend, monkeypatch):
     """Outputs and parameter gradients as accurate as the reference's.
 
     Some of them are ill-conditioned (ResT's InstanceNorm divides by
     σ ≈ sqrt(eps) when maps are near uniform, and several true gradients are
     exactly 0), so both float32 paths are compared with a float64 run and
-    the fused path may not be more than 4× further from it than the
+    the backend may not be more than 4× further from it than the
     reference is (plus 1e-6 of the gradient's scale).
     """
     torch.manual_seed(0)
     model = build()
     # odd input size: 57×43 -> stage grids of 15×11 down to 2×2
     x = torch.randn(1, 3, 57, 43)
+    monkeypatch.setenv('MMVITMIX_ATTN_BACKEND', backend)
     fused_outs, fused_grads = outputs_and_grads(model, x)
-    monkeypatch.setenv('MMVITMIX_FORCE_REFERENCE', '1')
+    monkeypatch.setenv('MMVITMIX_ATTN_BACKEND', 'reference')
     ref_outs, ref_grads = outputs_and_grads(model, x)
     exact_outs, exact_grads = outputs_and_grads(
         copy.deepcopy(model).double(), x.double())
@@ -76,14 +79,16 @@ def test_fused_equals_reference(build, monkeypatch):
         assert fused_err <= bound, (name, fused_err, ref_err)
 
 
-def test_rmt_under_cpu_autocast(monkeypatch):
-    """bfloat16 autocast: mixed q/k/v dtypes reach the fused op."""
+@pytest.mark.parametrize('backend', ['fused', 'sdpa'])
+def test_rmt_under_cpu_autocast(backend, monkeypatch):
+    """bfloat16 autocast: mixed q/k/v dtypes reach every backend."""
     torch.manual_seed(0)
     model = RMT(arch=dict(RMT_TINY), drop_path_rate=0.).eval()
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad(), torch.autocast('cpu', dtype=torch.bfloat16):
+        monkeypatch.setenv('MMVITMIX_ATTN_BACKEND', backend)
         fused = model(x)
-        monkeypatch.setenv('MMVITMIX_FORCE_REFERENCE', '1')
+        monkeypatch.setenv('MMVITMIX_ATTN_BACKEND', 'reference')
         ref = model(x)
     for got, want in zip(fused, ref):
         assert got.dtype == want.dtype

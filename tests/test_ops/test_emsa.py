@@ -122,12 +122,16 @@ def test_reduced_precision_cpu(dtype):
 
 def test_dispatch_and_no_transform_path(monkeypatch):
     q, k, v, weight, bias = make_inputs((1, 2, 10, 6, 8, 8))
-    fused = emsa_attention(q, k, v, 8**-0.5, weight, bias)
-    # without head mixing the seam runs the reference (plain softmax)
+    fused = emsa_attention(q, k, v, 8**-0.5, weight, bias, backend='fused')
+    # without head mixing the seam runs plain softmax attention (SDPA)
     plain = emsa_attention(q, k, v, 8**-0.5)
     assert_close(plain, (q @ k.transpose(-1, -2) * 8**-0.5).softmax(-1) @ v)
+
+    def no_kernel(*args, **kwargs):
+        raise AssertionError('the fused kernel was asked for')
+
     monkeypatch.setenv('MMVITMIX_FORCE_REFERENCE', '1')
-    monkeypatch.setattr(_dispatch, 'get_kernel', None)
+    monkeypatch.setitem(_dispatch._KERNELS, 'emsa', no_kernel)
     ref = emsa_attention(q, k, v, 8**-0.5, weight, bias)
     assert_close(fused, ref, rtol=1e-5, atol=1e-5)
     # bias None: a zero bias
@@ -168,7 +172,8 @@ def test_torch_compile_and_opcheck():
     leaves = [t.detach().clone().requires_grad_() for t in inputs]
 
     def core(q, k, v, weight, bias):
-        return emsa_attention(q, k, v, 8**-0.5, weight, bias).sum(-1)
+        return emsa_attention(q, k, v, 8**-0.5, weight, bias,
+                              backend='fused').sum(-1)
 
     torch._dynamo.reset()
     compiled = torch.compile(core, backend='aot_eager', fullgraph=True)

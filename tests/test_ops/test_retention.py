@@ -147,7 +147,7 @@ def test_retention_attention_seam(decomposed, monkeypatch):
 
     q, k, v = proj(), proj(dim**-0.5), proj()
     log_decay = log_decay_for(heads)
-    out = retention_attention(q, k, v, log_decay, decomposed)
+    out = retention_attention(q, k, v, log_decay, decomposed, backend='fused')
     # the fused output needs no copy for (B, H, W, heads·D)
     assert out.permute(0, 2, 3, 1, 4).is_contiguous()
     grad = torch.randn(out.shape, generator=gen)
@@ -182,7 +182,7 @@ def test_force_reference_env_skips_the_kernel(monkeypatch):
         raise AssertionError('the fused kernel was asked for')
 
     monkeypatch.setenv('MMVITMIX_FORCE_REFERENCE', '1')
-    monkeypatch.setattr(_dispatch, 'get_kernel', no_kernel)
+    monkeypatch.setitem(_dispatch._KERNELS, 'retention', no_kernel)
     q, k, v, log_decay, _ = make_inputs((1, 2, 1, 10, 8, 8, 0))
     q5 = q[:, :, 0].unsqueeze(2).expand(1, 2, 3, 10, 8)
     out = retention_attention(q5, q5, q5, log_decay, True)
@@ -217,7 +217,8 @@ def test_torch_compile_and_opcheck():
     leaves = [t.detach().clone().requires_grad_() for t in (q, k, v)]
 
     def layer(q, k, v):
-        return retention_attention(q, k, v, log_decay, True).sum(-1)
+        return retention_attention(q, k, v, log_decay, True,
+                                   backend='fused').sum(-1)
 
     torch._dynamo.reset()
     compiled = torch.compile(layer, backend='aot_eager', fullgraph=True)

@@ -143,7 +143,8 @@ def test_seam_fused_equals_reference(decomposed, monkeypatch):
     rel_pos = RetentionRelPos(heads * dim, heads, 2, 4)
     sin, cos = rel_pos(height, width, torch.float32)
     args = (q, k, v, rel_pos.log_decay, decomposed)
-    out = retention_attention(*args, sin=sin, cos=cos, scale=dim**-0.5)
+    out = retention_attention(*args, sin=sin, cos=cos, scale=dim**-0.5,
+                              backend='fused')
     grad = torch.randn(out.shape, generator=gen)
     fused_grads = torch.autograd.grad(out, (q, k, v), grad)
     monkeypatch.setenv('MMVITMIX_FORCE_REFERENCE', '1')

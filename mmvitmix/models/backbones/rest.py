@@ -40,6 +40,7 @@ from mmcv.cnn.bricks import DropPath
 from mmengine.model.weight_init import trunc_normal_
 from torch import Tensor
 
+from mmvitmix.ops.backends import check_backend
 from mmvitmix.ops.emsa import emsa_attention
 from mmvitmix.registry import MODELS
 from .base import (VitMixBackbone, check_all_consumed, normalize_out_indices,
@@ -131,6 +132,7 @@ class EMSA(nn.Module):
         self.apply_transform = bool(apply_transform) and num_heads > 1
         if self.apply_transform:
             self.transform_conv = nn.Conv2d(num_heads, num_heads, 1)
+        self.attn_backend = 'auto'  # set by ResT (see its attn_backend)
 
     def forward(self, x: Tensor, hw_shape: Tuple[int, int]) -> Tensor:
         bsz, num_tokens, channels = x.shape
@@ -149,7 +151,8 @@ class EMSA(nn.Module):
             bias = self.transform_conv.bias
         else:
             weight = bias = None
-        out = emsa_attention(q, k, v, self.scale, weight, bias, 1e-5)
+        out = emsa_attention(q, k, v, self.scale, weight, bias, 1e-5,
+                             backend=self.attn_backend)
         out = out.transpose(1, 2).reshape(bsz, num_tokens, channels)
         return self.proj(out)
 
@@ -264,6 +267,13 @@ class ResT(VitMixBackbone):
         norm_eval (bool): keep BatchNorm layers in eval mode while training.
             Default: False.
         with_cp (bool): activation checkpointing per block. Default: False.
+        attn_backend (str): implementation of the EMSA core: ``'auto'``
+            (the measured fastest for the device, see docs/benchmarks.md;
+            ``MMVITMIX_ATTN_BACKEND`` overrides it), ``'fused'``,
+            ``'reference'``, ``'sdpa'`` or ``'flex'``
+            (:mod:`mmvitmix.ops.backends`; with head mixing the last two
+            run the reference, since torch's kernels cannot normalise whole
+            attention maps). Default: ``'auto'``.
         init_cfg (dict | None): ``dict(type='Pretrained', checkpoint=PATH)``
             loads an official or converted checkpoint. Default: None.
     """
@@ -317,10 +327,12 @@ class ResT(VitMixBackbone):
                  frozen_stages: int = -1,
                  norm_eval: bool = False,
                  with_cp: bool = False,
+                 attn_backend: str = 'auto',
                  init_cfg: Optional[dict] = None,
                  **kwargs):
         self.reject_unknown_kwargs(kwargs)
         super().__init__(init_cfg=init_cfg)
+        self.attn_backend = check_backend(attn_backend, 'ResT: attn_backend')
         arch = self.parse_arch(arch)
         self._check_arch(arch)
         self.arch = arch
@@ -361,6 +373,9 @@ class ResT(VitMixBackbone):
                                 build_norm_layer(out_norm_cfg,
                                                  embed_dims[i])[1])
 
+        for module in self.modules():
+            if isinstance(module, EMSA):
+                module.attn_backend = attn_backend
         self.apply(self._init_module)
         self._freeze_stages()
 

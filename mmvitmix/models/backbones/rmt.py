@@ -32,6 +32,7 @@ from mmcv.cnn.bricks import DropPath
 from mmengine.model.weight_init import trunc_normal_
 from torch import Tensor
 
+from mmvitmix.ops.backends import check_backend
 from mmvitmix.ops.retention import retention_attention
 from mmvitmix.registry import MODELS
 from .base import (VitMixBackbone, check_all_consumed, normalize_out_indices,
@@ -104,10 +105,15 @@ class RetentionRelPos(nn.Module):
 class RetentionAttention(nn.Module):
     """Manhattan Self-Attention with LePE (decomposed or whole)."""
 
-    def __init__(self, embed_dims: int, num_heads: int, decomposed: bool):
+    def __init__(self,
+                 embed_dims: int,
+                 num_heads: int,
+                 decomposed: bool,
+                 attn_backend: str = 'auto'):
         super().__init__()
         self.num_heads = num_heads
         self.decomposed = decomposed
+        self.attn_backend = attn_backend
         self.key_dim = embed_dims // num_heads
         self.scaling = self.key_dim**-0.5
         self.q_proj = nn.Linear(embed_dims, embed_dims)
@@ -131,7 +137,7 @@ class RetentionAttention(nn.Module):
         # theta_shift of both) and runs the retention
         out = retention_attention(
             q, k, v, log_decay, self.decomposed, sin=sin, cos=cos,
-            scale=self.scaling)
+            scale=self.scaling, backend=self.attn_backend)
         out = out.permute(0, 2, 3, 1, 4).flatten(-2)  # (B, H, W, C)
         # into the conv's output (the fused op keeps `out` for its backward)
         return self.out_proj(add_into(lepe, out))
@@ -281,6 +287,12 @@ class RMT(VitMixBackbone):
         norm_eval (bool): keep BatchNorm layers in eval mode while training.
             Default: False.
         with_cp (bool): activation checkpointing per block. Default: False.
+        attn_backend (str): implementation of the retention core:
+            ``'auto'`` (the measured fastest for the device, see
+            docs/benchmarks.md; ``MMVITMIX_ATTN_BACKEND`` overrides it),
+            ``'sdpa'``, ``'flex'``, ``'fused'`` or ``'reference'``
+            (:mod:`mmvitmix.ops.backends`). All compute the same function.
+            Default: ``'auto'``.
         init_cfg (dict | None): ``dict(type='Pretrained', checkpoint=PATH)``
             loads an official or converted checkpoint. Default: None.
     """
@@ -342,10 +354,12 @@ class RMT(VitMixBackbone):
                  frozen_stages: int = -1,
                  norm_eval: bool = False,
                  with_cp: bool = False,
+                 attn_backend: str = 'auto',
                  init_cfg: Optional[dict] = None,
                  **kwargs):
         self.reject_unknown_kwargs(kwargs)
         super().__init__(init_cfg=init_cfg)
+        self.attn_backend = check_backend(attn_backend, 'RMT: attn_backend')
         arch = self.parse_arch(arch)
         self._check_arch(arch)
         self.arch = arch
@@ -398,6 +412,9 @@ class RMT(VitMixBackbone):
                                 build_norm_layer(out_norm_cfg,
                                                  embed_dims[i])[1])
 
+        for module in self.modules():
+            if isinstance(module, RetentionAttention):
+                module.attn_backend = attn_backend
         self.apply(self._init_module)
         self._freeze_stages()
 
@@ -466,20 +483,23 @@ _RMT_BLOCK_RULES = {
     'ffn.dwconv.conv.': 'ffn.dwconv.conv.',
     'pos.conv.': 'cpe.conv.',
 }
-#: classification-only parts of VisRetNet, dropped on purpose
-RMT_CLASSIFIER_PREFIXES = ('proj.', 'norm.', 'head.')
+#: classification-only parts of VisRetNet, dropped on purpose: the final
+#: projection, norm and head, and the token-labeling releases' (RMT-S*/B*/L*,
+#: ``classification_token_label_release``) per-token auxiliary head
+RMT_CLASSIFIER_PREFIXES = ('proj.', 'norm.', 'head.', 'aux_head.')
 
 
 def convert_rmt(state_dict: Dict[str, Tensor]) -> Dict[str, Tensor]:
     """Convert an official RMT checkpoint to the :class:`RMT` layout.
 
-    Accepts the ImageNet release (``VisRetNet``: ``patch_embed.proj.*``,
-    ``layers.{i}.*``, classifier ``proj/norm/head``) or the official
+    Accepts the ImageNet releases (``VisRetNet``: ``patch_embed.proj.*``,
+    ``layers.{i}.*``, classifier ``proj/norm/head``; the token-labeling
+    releases RMT-S*/B*/L* add a per-token ``aux_head``) or the official
     detection / segmentation backbone (``RMT``: the same plus
     ``extra_norms.{i}``), wrapped or not, with or without a ``backbone.``
     prefix. A state dict already in mmvitmix layout is returned unchanged.
-    The classifier (``proj.*``, ``norm.*``, ``head.*``) is dropped; every
-    other key must match a rule, else ``KeyError``.
+    The classifier (``proj.*``, ``norm.*``, ``head.*``, ``aux_head.*``) is
+    dropped; every other key must match a rule, else ``KeyError``.
     """
     state_dict = strip_prefix_if_all(unwrap_state_dict(state_dict), 'backbone.')
     if any(k.startswith(('stem.', 'stages.')) for k in state_dict):

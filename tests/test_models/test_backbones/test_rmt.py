@@ -85,9 +85,15 @@ def test_golden_mismatch_is_detected():
 
 
 # ----------------------------------------------------- official releases
-@pytest.mark.parametrize('variant', ['t', 's', 'b', 'l'])
-def test_every_official_key_converted(variant, official_tables):
-    table = official_tables[f'rmt_{variant}']
+@pytest.mark.parametrize('variant, release', [
+    ('t', 'rmt_t'), ('s', 'rmt_s'), ('b', 'rmt_b'), ('l', 'rmt_l'),
+    ('s', 'rmt_s_token_label'), ('b', 'rmt_b_token_label'),
+    ('l', 'rmt_l_token_label')])
+def test_every_official_key_converted(variant, release, official_tables):
+    """Plain and token-labeling (RMT-S*/B*/L*, with ``aux_head``) releases:
+    every key converted to one of ours with its shape, or dropped on
+    purpose as classification-only."""
+    table = official_tables[release]
     for key, value in table['config'].items():
         assert RMT.parse_arch(variant)[key] == value, key
     with torch.device('meta'):  # shapes only: no allocation, no init
@@ -134,6 +140,27 @@ def test_pretrained_init_cfg_loads_official_file(tmp_path):
     golden = load_golden('rmt_tiny_axial.pt')
     path = tmp_path / 'official.pth'
     torch.save(golden['checkpoint'], path)
+    model = RMT(
+        arch=golden['config'],
+        out_norm_cfg=None,
+        init_cfg=dict(type='Pretrained', checkpoint=str(path)))
+    model.init_weights()
+    model.eval()
+    with torch.no_grad():
+        out = model(golden['input'])
+    assert_close_rel(out[3], golden['stage_outputs'][3], 1e-5)
+
+
+def test_token_label_checkpoint_loads(tmp_path):
+    """A token-labeling release (official keys + ``aux_head``) loads through
+    init_cfg with the same result as the plain file: aux_head is dropped."""
+    golden = load_golden('rmt_tiny_axial.pt')
+    state = dict(golden['checkpoint']['model'])
+    dims = golden['config']['embed_dims'][-1]
+    state['aux_head.weight'] = torch.randn(1000, dims)
+    state['aux_head.bias'] = torch.randn(1000)
+    path = tmp_path / 'RMT-S-label.pth'
+    torch.save({'model': state}, path)
     model = RMT(
         arch=golden['config'],
         out_norm_cfg=None,

@@ -1,0 +1,34 @@
+"""The GPU acceptance script runs end to end on CPU (``--quick``), so that
+it cannot rot between the sessions that have a GPU."""
+import json
+import sys
+
+from tests.utils import REPO_ROOT
+
+sys.path.insert(0, str(REPO_ROOT / 'tools' / 'analysis_tools'))
+import gpu_acceptance  # noqa: E402
+
+
+def test_quick_cpu_run_writes_a_passing_report(tmp_path):
+    code = gpu_acceptance.main([
+        '--device', 'cpu', '--quick', '--no-build', '--out-dir',
+        str(tmp_path)
+    ])
+    report = json.loads((tmp_path / 'acceptance.json').read_text())
+    assert code == 0, report['problems']
+    assert report['passed'] and not report['problems']
+    checked = {(r['op'], r['backend']) for r in report['correctness']}
+    for backend in ('sdpa', 'fused', 'reference'):
+        assert ('retention', backend) in checked
+        assert ('emsa', backend) in checked
+    assert {r['dtype'] for r in report['correctness']} == {
+        'fp32', 'bf16', 'fp16'}
+    assert all(r['ok'] and r['err'] <= gpu_acceptance.LIMITS[r['dtype']]
+               for r in report['correctness'])
+    timed = {(r['op'], r['method'], r['mode']) for r in report['ops'] +
+             report['backbone'] if 'median_ms' in r}
+    for method in ('auto', 'sdpa', 'fused', 'reference'):
+        assert ('backbone', method, 'fwd+bwd') in timed
+        assert ('retention', method, 'fwd') in timed
+    md = (tmp_path / 'acceptance.md').read_text()
+    assert 'Result: PASS' in md and '| retention | sdpa |' in md
