@@ -239,6 +239,8 @@ def test_auto_falls_back_when_the_extension_is_missing(monkeypatch):
     monkeypatch.setattr(backends, '_WARNED', set())
     monkeypatch.setitem(backends.AUTO_TABLE,
                         ('retention', 'cpu', 'whole', 'infer'), 'fused')
+    monkeypatch.setitem(backends.AUTO_TABLE,
+                        ('emsa', 'cpu', 'mixed', 'infer'), 'fused')
     q, k, v, *_ = rmt_inputs((1, 2, 3, 4, 8, 8))
     with pytest.warns(RuntimeWarning, match='simulated: not built'):
         assert resolve_retention(None, q, k, v, False) == 'sdpa'
@@ -249,7 +251,7 @@ def test_auto_falls_back_when_the_extension_is_missing(monkeypatch):
         resolve_retention('fused', q, k, v, False)
     with pytest.warns(RuntimeWarning, match='simulated'):
         assert resolve_emsa('auto', q[:, :, 0], k[:, :, 0], v[:, :, 0],
-                            True) in ('reference', 'sdpa')
+                            True) == 'reference'
 
 
 @pytest.mark.parametrize('archs, cap, ok', [
@@ -315,3 +317,21 @@ def test_export_and_tracing_use_standard_ops(monkeypatch):
                                        backend='fused'), (eq, ek, ev),
         check_trace=False)
     assert 'mmvitmix::' not in str(traced.graph)
+
+
+def test_auto_on_cpu_follows_the_recorded_table():
+    q, k, v, *_ = rmt_inputs((1, 2, 3, 4, 8, 8))
+    for decomposed, family in ((True, 'decomposed'), (False, 'whole')):
+        with torch.no_grad():
+            assert resolve_retention(None, q, k, v, decomposed) == \
+                backends.AUTO_TABLE[('retention', 'cpu', family, 'infer')]
+        leaf = q.clone().requires_grad_()
+        assert resolve_retention(None, leaf, k, v, decomposed) == \
+            backends.AUTO_TABLE[('retention', 'cpu', family, 'train')]
+
+
+def test_auto_never_picks_flex_for_cpu_training(monkeypatch):
+    monkeypatch.setitem(backends.AUTO_TABLE,
+                        ('retention', 'cpu', 'whole', 'train'), 'flex')
+    q, k, v, *_ = rmt_inputs((1, 2, 3, 4, 8, 8))
+    assert resolve_retention(None, q.requires_grad_(), k, v, False) == 'sdpa'

@@ -139,3 +139,79 @@ def test_converter_errors(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(convert_rmt, 'x', [str(src)])
     assert 'usage:' in capsys.readouterr().err
+
+
+def _official_downstream_file(tmp_path, config, release='rmt_t'):
+    """A file in the layout of the authors' trained detectors / segmentors
+    (qhfan/RMT detect/ and segmentation/, mmdet 2.x / mmseg 0.x): backbone
+    keys of the official release (classifier removed) plus ``extra_norms``
+    of all four stages, and the neck / head keys of the matching model,
+    whose names mmdet 3.x / mmseg 1.x kept. Random values."""
+    import json
+
+    from mmengine.registry import MODELS, init_default_scope
+    sys.path.insert(0, str(REPO / 'tools'))
+    from _launch_utils import load_config
+    with open(GOLDEN / 'official_checkpoints.json') as f:
+        table = json.load(f)[release]
+    gen = torch.Generator().manual_seed(0)
+    state = {}
+    for key, shape in table['checkpoint_keys'].items():
+        if not key.startswith(('proj.', 'norm.', 'head.', 'aux_head.')):
+            state['backbone.' + key] = torch.randn(shape, generator=gen)
+    for i, dims in enumerate(table['config']['embed_dims']):
+        state[f'backbone.extra_norms.{i}.weight'] = torch.randn(
+            dims, generator=gen)
+        state[f'backbone.extra_norms.{i}.bias'] = torch.randn(
+            dims, generator=gen)
+    cfg = load_config(str(REPO / config))
+    init_default_scope(cfg.default_scope)
+    model = MODELS.build(cfg.model)
+    for key, value in model.state_dict().items():
+        if not key.startswith('backbone.'):
+            state[key] = torch.randn(value.shape, generator=gen).to(
+                value.dtype)
+    path = tmp_path / 'official_downstream.pth'
+    torch.save({'state_dict': state, 'meta': {'epoch': 12}}, path)
+    return path, state, model
+
+
+@pytest.mark.parametrize('config', [
+    'configs/rmt/retinanet_rmt_t_1x.py',
+    'configs/rmt/maskrcnn_rmt_t_1x.py',
+    'configs/rmt/fpn_rmt_t_80k_ade20k.py',
+])
+def test_rmt2mmvitmix_whole_model(tmp_path, config):
+    """The authors' downstream files load into our config with no missing
+    or unexpected key; RetinaNet's unused stage-0 norm is dropped by name."""
+    src, state, model = _official_downstream_file(tmp_path, config)
+    dst = tmp_path / 'converted.pth'
+    res = _run('rmt2mmvitmix.py', str(src), str(dst), '--config',
+               str(REPO / config))
+    assert res.returncode == 0, res.stderr
+    assert 'whole model' in res.stdout and 'checked against' in res.stdout
+    converted = torch.load(dst, map_location='cpu')['state_dict']
+    report = model.load_state_dict(converted, strict=True)
+    assert not report.missing_keys and not report.unexpected_keys
+    for i in model.backbone.out_indices:
+        assert torch.equal(converted[f'backbone.norm{i}.weight'],
+                           state[f'backbone.extra_norms.{i}.weight'])
+    head_key = next(k for k in state if not k.startswith('backbone.'))
+    assert torch.equal(converted[head_key], state[head_key])
+    dropped = torch.load(dst, map_location='cpu')['meta']['dropped_keys']
+    unused = [i for i in range(4) if i not in model.backbone.out_indices]
+    assert dropped == sorted(f'backbone.extra_norms.{i}.{p}' for i in unused
+                             for p in ('bias', 'weight'))
+
+
+def test_rmt2mmvitmix_whole_model_mismatch_is_an_error(tmp_path):
+    """A detector file checked against a config it does not fit: error,
+    nothing written."""
+    src, _, _ = _official_downstream_file(tmp_path,
+                                          'configs/rmt/retinanet_rmt_t_1x.py')
+    dst = tmp_path / 'converted.pth'
+    res = _run('rmt2mmvitmix.py', str(src), str(dst), '--config',
+               str(REPO / 'configs/rmt/maskrcnn_rmt_t_1x.py'))
+    assert res.returncode != 0
+    assert 'does not fit' in res.stderr and 'missing' in res.stderr
+    assert not dst.exists()

@@ -1,21 +1,22 @@
-"""Benchmark the fused attention ops against the PyTorch reference.
+"""Benchmark the attention backends of both seams, op by op.
 
-RMT-S retention layers at the stage grids of a 800×1333 detection input
-and a 512×512 segmentation input (batch 1 unless ``--batch``): decomposed
-ReSA (W pass + H pass) in stages 1-3, whole ReSA in stage 4, each as the
-backbone calls ``retention_attention``: the q/k/v projections with the key
-scale and the rotary tables (the reference rotates in PyTorch, the fused CPU
-kernel while it gathers q and k). Each case runs
-the fused op and the reference side by side (and, on CUDA,
-``torch.nn.attention.flex_attention`` with the same decay bias as a
-``score_mod``), forward only and forward + backward. Each method runs in
-fresh subprocesses, the methods alternating for ``--rounds`` rounds of
-``--warmup`` + ``--repeats`` runs; reported are the median and the minimum
-wall time over all timed runs (on a shared machine the minimum is the less
-disturbed figure) and the peak extra memory of one run (CUDA:
-``torch.cuda.max_memory_allocated``; CPU: the process' peak resident memory
-above its level before the run, measured in a separate subprocess in which
-glibc returns large blocks to the OS, which would distort timings).
+RMT-S retention layers and ResT-Small EMSA layers at the stage grids of a
+512×512 segmentation input and a 800×1333 detection input (batch 1 unless
+``--batch``), each called as the backbone calls its seam
+(``retention_attention`` with the q/k/v projections, the key scale and the
+rotary tables; ``emsa_attention`` with the head-mixing weights), once per
+backend (``--methods``: ``auto``, ``sdpa``, ``flex``, ``fused``,
+``reference``, set through ``MMVITMIX_ATTN_BACKEND``), forward only and
+forward + backward. FlexAttention runs only where torch supports it (no
+CPU backward) and not for EMSA (no head mixing in a ``score_mod``). Each
+method runs in fresh subprocesses, the methods alternating for
+``--rounds`` rounds of ``--warmup`` + ``--repeats`` runs; reported are the
+median and the minimum wall time over all timed runs, the fastest backend
+by median and auto's median over that one (the table ``auto`` follows is
+:data:`mmvitmix.ops.backends.AUTO_TABLE`), and with ``--memory`` the peak
+extra memory of one run (CUDA: ``torch.cuda.max_memory_allocated``; CPU:
+the process' peak resident memory above its level before the run, in a
+separate subprocess in which glibc returns large blocks to the OS).
 
 Examples::
 
@@ -25,6 +26,7 @@ Examples::
 import argparse
 import json
 import os
+import statistics
 import sys
 from pathlib import Path
 
@@ -34,11 +36,16 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _bench_utils import (device_name, measure_step, memory_cell,  # noqa
-                          run_child, speedup_cell, time_cell)
+                          run_child, time_cell)
 
-# (name, heads, head_dim, decomposed) per RMT-S stage
-RMT_S_STAGES = [('stage1', 4, 16, True), ('stage2', 4, 32, True),
-                ('stage3', 8, 32, True), ('stage4', 16, 32, False)]
+# stage: (heads, head_dim, decomposed) of RMT-S
+RMT_S_STAGES = {'stage1': (4, 16, True), 'stage2': (4, 32, True),
+                'stage3': (8, 32, True), 'stage4': (16, 32, False)}
+# stage: (heads, head_dim, sr_ratio) of ResT-Small (stage 1: one head, so
+# plain attention; stages 2-4 mix heads)
+REST_S_STAGES = {'stage1': (1, 64, 8), 'stage2': (2, 64, 4),
+                 'stage3': (4, 64, 2), 'stage4': (8, 64, 1)}
+METHODS = ('auto', 'sdpa', 'flex', 'fused', 'reference')
 INPUTS = {'det800x1333': (800, 1333), 'seg512': (512, 512)}
 DTYPES = {'fp32': torch.float32, 'fp16': torch.float16, 'bf16': torch.bfloat16}
 
@@ -78,81 +85,61 @@ def make_inputs(batch, heads, dim, grid, device, dtype, requires_grad):
     return proj(), proj(), proj(), rel_pos.log_decay, sin, cos
 
 
-def flex_retention(q, k, v, log_decay, decomposed, sin, cos, scale):
-    """The same layer with flex_attention and the decay as a score_mod.
+def emsa_inputs(batch, stage, grid, device, dtype, requires_grad):
+    """One ResT-Small EMSA layer's q, k, v, head-mixing weight and bias."""
+    heads, dim, sr = REST_S_STAGES[stage]
+    height, width = grid
+    n = height * width
+    m = (((height + 2 * (sr // 2) - (sr + 1)) // sr + 1) *
+         ((width + 2 * (sr // 2) - (sr + 1)) // sr + 1)) if sr > 1 else n
+    gen = torch.Generator().manual_seed(0)
 
-    The rotary shift and the key scale run in PyTorch before it, as in the
-    reference path.
-    """
-    from torch.nn.attention.flex_attention import flex_attention
+    def make(shape):
+        x = torch.randn(*shape, generator=gen).to(device=device, dtype=dtype)
+        return x.transpose(1, 2).requires_grad_(requires_grad)
 
-    from mmvitmix.ops.retention import theta_shift
-    global _FLEX
-    if '_FLEX' not in globals():
-        _FLEX = torch.compile(flex_attention, dynamic=False)
-    bsz, heads, height, width, dim = q.shape
-    q = theta_shift(q, sin, cos)
-    k = theta_shift(k * scale, sin, cos)
-
-    def run(q4, k4, v4, row):
-
-        def score_mod(score, b, h, q_idx, kv_idx):
-            if row == 0:
-                dist = (q_idx - kv_idx).abs()
-            else:
-                dist = ((q_idx // row - kv_idx // row).abs() +
-                        (q_idx % row - kv_idx % row).abs())
-            return score + log_decay[h] * dist
-
-        return _FLEX(q4, k4, v4, score_mod=score_mod, scale=1.0)
-
-    if not decomposed:
-        flat = [t.reshape(bsz, heads, height * width, -1) for t in (q, k, v)]
-        return run(*flat, width).reshape(bsz, heads, height, width, -1)
-
-    def seqs(t, along_w):
-        if along_w:  # (B·H, heads, W, D)
-            return t.transpose(1, 2).reshape(bsz * height, heads, width, -1)
-        return t.permute(0, 3, 1, 2, 4).reshape(bsz * width, heads, height,
-                                                -1)
-
-    out_w = run(seqs(q, True), seqs(k, True), seqs(v, True), 0)
-    out_w = out_w.reshape(bsz, height, heads, width, -1).transpose(1, 2)
-    out = run(seqs(q, False), seqs(k, False), seqs(out_w, False), 0)
-    return out.reshape(bsz, width, heads, height, -1).permute(0, 2, 3, 1, 4)
-
-
-def layer_fn(method):
-    from mmvitmix.ops import _dispatch
-    from mmvitmix.ops.retention import retention_attention
-    if method == 'flex':
-        return flex_retention
-    if method == 'fused' and not _dispatch.load_ext():
-        sys.exit(f'mmvitmix._ext is not built: {_dispatch.ext_error()}')
-    os.environ['MMVITMIX_FORCE_REFERENCE'] = '1' if method == 'reference' \
-        else '0'
-    return retention_attention
+    q, k, v = make((batch, n, heads, dim)), make((batch, m, heads, dim)), \
+        make((batch, m, heads, dim))
+    weight = (torch.randn(heads, heads, generator=gen) * heads**-0.5).to(
+        device=device, dtype=dtype) if heads > 1 else None
+    bias = torch.zeros(heads, device=device, dtype=dtype) if heads > 1 \
+        else None
+    return q, k, v, weight, bias
 
 
 def measure(method, case, args, what):
     """Wall times (ms) of the timed runs, or the peak extra memory (MiB)."""
-    stage, heads, dim, decomposed, grid, mode = case
-    fn = layer_fn(method)
+    op, stage, grid, mode = case
+    os.environ['MMVITMIX_ATTN_BACKEND'] = method
     train = mode == 'fwd+bwd'
-    q, k, v, log_decay, sin, cos = make_inputs(args.batch, heads, dim, grid,
-                                               args.device,
-                                               DTYPES[args.dtype], train)
-    scale = dim**-0.5
+    dtype = DTYPES[args.dtype]
+    if op == 'retention':
+        from mmvitmix.ops.retention import retention_attention
+        heads, dim, decomposed = RMT_S_STAGES[stage]
+        q, k, v, log_decay, sin, cos = make_inputs(args.batch, heads, dim,
+                                                   grid, args.device, dtype,
+                                                   train)
+
+        def call():
+            return retention_attention(q, k, v, log_decay, decomposed, sin,
+                                       cos, dim**-0.5)
+    else:
+        from mmvitmix.ops.emsa import emsa_attention
+        q, k, v, weight, bias = emsa_inputs(args.batch, stage, grid,
+                                            args.device, dtype, train)
+
+        def call():
+            return emsa_attention(q, k, v, q.shape[-1]**-0.5, weight, bias)
 
     def step():
         if train:
-            out = fn(q, k, v, log_decay, decomposed, sin, cos, scale)
+            out = call()
             out.backward(torch.ones_like(out))
             for t in (q, k, v):
                 t.grad = None
         else:
             with torch.no_grad():
-                fn(q, k, v, log_decay, decomposed, sin, cos, scale)
+                call()
 
     return measure_step(step, args.device, args.warmup, args.repeats, what,
                         unit=1e3)
@@ -163,6 +150,10 @@ def main():
     parser.add_argument('--device', default='cuda'
                         if torch.cuda.is_available() else 'cpu',
                         choices=['cpu', 'cuda'])
+    parser.add_argument('--ops', nargs='+', default=['retention', 'emsa'],
+                        choices=['retention', 'emsa'])
+    parser.add_argument('--methods', nargs='+', default=list(METHODS),
+                        choices=list(METHODS))
     parser.add_argument('--dtype', default='fp32', choices=list(DTYPES))
     parser.add_argument('--batch', type=int, default=1)
     parser.add_argument('--threads', type=int, default=torch.get_num_threads())
@@ -172,30 +163,29 @@ def main():
                         help='alternating subprocesses per method')
     parser.add_argument('--inputs', nargs='+', default=list(INPUTS),
                         choices=list(INPUTS))
+    parser.add_argument('--stages', nargs='+', default=list(RMT_S_STAGES),
+                        choices=list(RMT_S_STAGES))
     parser.add_argument('--modes', nargs='+', default=['fwd', 'fwd+bwd'],
                         choices=['fwd', 'fwd+bwd'])
+    parser.add_argument('--memory', action='store_true',
+                        help='also measure peak memory (one more run each)')
     parser.add_argument('--child', help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.child is not None:
         method, case, what = json.loads(args.child)
-        case[4] = tuple(case[4])
+        case[2] = tuple(case[2])
         print(json.dumps(measure(method, case, args, what)))
         return
 
-    methods = ['fused', 'reference'] + (['flex']
-                                        if args.device == 'cuda' else [])
-    from mmvitmix.ops import _dispatch
-    if not _dispatch.load_ext():
-        sys.exit(f'mmvitmix._ext is not built: {_dispatch.ext_error()}')
-    print(f'# device: {device_name(args.device)}; torch {torch.__version__}; dtype '
-          f'{args.dtype}; batch {args.batch}; threads {args.threads}; '
+    print(f'# device: {device_name(args.device)}; torch {torch.__version__}; '
+          f'dtype {args.dtype}; batch {args.batch}; threads {args.threads}; '
           f'{args.rounds} rounds x {args.repeats} timed runs after '
-          f'{args.warmup} warm-up; ms as median (min)')
-    header = ['input', 'stage', 'grid', 'mode']
-    for m in methods:
-        header += [f'{m} ms', f'{m} MiB']
-    header.append('speedup median (min)')
+          f'{args.warmup} warm-up; ms as median (min); best = fastest median')
+    header = ['op', 'input', 'stage', 'grid', 'mode']
+    for m in args.methods:
+        header += [f'{m} ms'] + ([f'{m} MiB'] if args.memory else [])
+    header += ['best', 'auto / best']
     print('| ' + ' | '.join(header) + ' |')
     print('|' + '---|' * len(header))
     base_cmd = [
@@ -205,25 +195,45 @@ def main():
         str(args.repeats)
     ]
 
-    for name in args.inputs:
-        grids = stage_grids(*INPUTS[name])
-        for (stage, heads, dim, decomposed), grid in zip(RMT_S_STAGES, grids):
-            for mode in args.modes:
-                case = [stage, heads, dim, decomposed, list(grid), mode]
-                times = {m: [] for m in methods}
-                for _ in range(args.rounds):
-                    for method in methods:
-                        res = run_child(base_cmd, [method, case, 'time'],
-                                        'time')
-                        if res is not None:
-                            times[method] += res
-                row = [name, stage, f'{grid[0]}x{grid[1]}', mode]
-                for method in methods:
-                    mem = run_child(base_cmd, [method, case, 'memory'],
-                                    'memory')
-                    row += [time_cell(times[method], 1), memory_cell(mem)]
-                row.append(speedup_cell(times['reference'], times['fused']))
-                print('| ' + ' | '.join(row) + ' |', flush=True)
+    for op in args.ops:
+        for name in args.inputs:
+            grids = dict(zip(RMT_S_STAGES, stage_grids(*INPUTS[name])))
+            for stage in args.stages:
+                grid = grids[stage]
+                for mode in args.modes:
+                    methods = [
+                        m for m in args.methods if
+                        not (m == 'flex' and (op == 'emsa' or (
+                            mode == 'fwd+bwd' and args.device == 'cpu')))
+                    ]
+                    case = [op, stage, list(grid), mode]
+                    times = {m: [] for m in methods}
+                    for _ in range(args.rounds):
+                        for method in methods:
+                            res = run_child(base_cmd, [method, case, 'time'],
+                                            'time')
+                            if res is not None:
+                                times[method] += res
+                    row = [op, name, stage, f'{grid[0]}x{grid[1]}', mode]
+                    for method in args.methods:
+                        row.append(time_cell(times[method], 1)
+                                   if method in methods else 'n/a')
+                        if args.memory:
+                            mem = (run_child(base_cmd,
+                                             [method, case, 'memory'],
+                                             'memory')
+                                   if method in methods else None)
+                            row.append(memory_cell(mem))
+                    medians = {
+                        m: statistics.median(t)
+                        for m, t in times.items() if t and m != 'auto'
+                    }
+                    best = min(medians, key=medians.get) if medians else '-'
+                    row.append(best)
+                    row.append(f"{statistics.median(times['auto']) / medians[best]:.2f}"
+                               if 'auto' in times and times['auto']
+                               and medians else '-')
+                    print('| ' + ' | '.join(row) + ' |', flush=True)
 
 
 if __name__ == '__main__':

@@ -545,4 +545,58 @@ def convert_rmt(state_dict: Dict[str, Tensor]) -> Dict[str, Tensor]:
     return out
 
 
+#: top-level modules of the authors' trained detectors (mmdet 2.x) and
+#: segmentors (mmseg 0.x); their keys are the same in mmdet 3.x / mmseg 1.x
+DOWNSTREAM_PREFIXES = ('neck.', 'rpn_head.', 'roi_head.', 'bbox_head.',
+                       'mask_head.', 'decode_head.', 'auxiliary_head.')
+
+
+def is_whole_model(state_dict: Dict[str, Tensor]) -> bool:
+    """True for a whole detector / segmentor state dict (``backbone.*``
+    plus neck / head keys), as the authors' downstream releases are."""
+    state_dict = unwrap_state_dict(state_dict)
+    return (any(k.startswith('backbone.') for k in state_dict)
+            and any(k.startswith(DOWNSTREAM_PREFIXES) for k in state_dict))
+
+
+def convert_rmt_whole_model(
+        state_dict: Dict[str, Tensor],
+        out_indices: Optional[Sequence[int]] = None) -> Dict[str, Tensor]:
+    """Convert the authors' trained detector / segmentor checkpoint.
+
+    qhfan/RMT's ``detect/`` (mmdet 2.x: Mask R-CNN, Cascade Mask R-CNN,
+    RetinaNet) and ``segmentation/`` (mmseg 0.x: Semantic FPN, UperNet)
+    files hold ``backbone.*`` in the official detection-backbone layout
+    (with ``extra_norms.{i}`` for all four stages) and neck / head keys
+    whose names mmdet 3.x and mmseg 1.x kept. The backbone part goes
+    through :func:`convert_rmt` (``extra_norms.{i}`` -> ``norm{i}``); the
+    rest is kept as it is. ``out_indices``: the stages the target config's
+    backbone returns; the output norms of the others (e.g. stage 0 of our
+    RetinaNet configs, which read stages 1-3) have no place in that model
+    and are dropped. Non-backbone keys outside :data:`DOWNSTREAM_PREFIXES`
+    are an error (``KeyError``), so nothing is lost silently.
+    """
+    state_dict = unwrap_state_dict(state_dict)
+    backbone = {
+        k[len('backbone.'):]: v
+        for k, v in state_dict.items() if k.startswith('backbone.')
+    }
+    others = {k: v for k, v in state_dict.items()
+              if not k.startswith('backbone.')}
+    unknown = [k for k in others if not k.startswith(DOWNSTREAM_PREFIXES)]
+    check_all_consumed('convert_rmt_whole_model', unknown)
+    converted = convert_rmt(backbone)
+    if out_indices is not None:
+        keep = {f'norm{i}.' for i in out_indices}
+        converted = {
+            k: v
+            for k, v in converted.items()
+            if not (k.startswith('norm') and k.split('.')[0][4:].isdigit()
+                    and k.split('.')[0] + '.' not in keep)
+        }
+    out = {'backbone.' + k: v for k, v in converted.items()}
+    out.update(others)
+    return out
+
+
 RMT.converter = staticmethod(convert_rmt)

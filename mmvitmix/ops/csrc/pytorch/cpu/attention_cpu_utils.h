@@ -72,21 +72,54 @@ MMVITMIX_INLINE vec16<T> vsplat(T s) {
   return v + s;
 }
 
-template <typename T>
-MMVITMIX_INLINE vec16<T> vabs(const vec16<T>& v) {
-  return v < 0 ? -v : v;
-}
-
-template <typename T>
-MMVITMIX_INLINE vec16<T> vmax(const vec16<T>& a, const vec16<T>& b) {
-  return a < b ? b : a;
-}
-
 // horizontal reductions as trees of half-width vectors
 template <typename T, int N>
 struct VecN {
   typedef T type __attribute__((vector_size(N * sizeof(T))));
 };
+
+// a < b ? x : y, lane by lane. Computed on 8-lane halves: GCC lowers a
+// comparison or select of 16-lane (64-byte) generic vectors lane by lane
+// in scalar code when the target has no 64-byte registers (the AVX2 and
+// baseline clones: vcmpltss / vmaxss / vextractps per lane, which made the
+// AVX2 kernels slower than the PyTorch reference), while 8-lane selects map
+// to vcmpps + vblendvps there; on AVX-512 the two halves cost two ymm ops.
+template <typename T>
+MMVITMIX_INLINE vec16<T> vsel_lt(const vec16<T>& a, const vec16<T>& b,
+                                 const vec16<T>& x, const vec16<T>& y) {
+  typedef typename VecN<T, 8>::type half;
+  half a0, a1, b0, b1, x0, x1, y0, y1;
+  constexpr size_t H = sizeof(half);
+  const char* pa = reinterpret_cast<const char*>(&a);
+  const char* pb = reinterpret_cast<const char*>(&b);
+  const char* px = reinterpret_cast<const char*>(&x);
+  const char* py = reinterpret_cast<const char*>(&y);
+  std::memcpy(&a0, pa, H);
+  std::memcpy(&a1, pa + H, H);
+  std::memcpy(&b0, pb, H);
+  std::memcpy(&b1, pb + H, H);
+  std::memcpy(&x0, px, H);
+  std::memcpy(&x1, px + H, H);
+  std::memcpy(&y0, py, H);
+  std::memcpy(&y1, py + H, H);
+  const half r0 = a0 < b0 ? x0 : y0;
+  const half r1 = a1 < b1 ? x1 : y1;
+  vec16<T> r;
+  std::memcpy(&r, &r0, H);
+  std::memcpy(reinterpret_cast<char*>(&r) + H, &r1, H);
+  return r;
+}
+
+template <typename T>
+MMVITMIX_INLINE vec16<T> vabs(const vec16<T>& v) {
+  const vec16<T> zero = {};
+  return vsel_lt<T>(v, zero, -v, v);
+}
+
+template <typename T>
+MMVITMIX_INLINE vec16<T> vmax(const vec16<T>& a, const vec16<T>& b) {
+  return vsel_lt<T>(a, b, b, a);
+}
 
 template <typename T, int N>
 MMVITMIX_INLINE T hsum_tree(const typename VecN<T, N>::type& v) {
@@ -130,7 +163,7 @@ MMVITMIX_INLINE T hmax(const vec16<T>& v) {
 MMVITMIX_INLINE vec16<float> vexp(const vec16<float>& x) {
   typedef Vec16<float>::itype ivec;
   const vec16<float> lo = vsplat(-87.3f);
-  const vec16<float> xc = x < lo ? lo : x;
+  const vec16<float> xc = vsel_lt<float>(x, lo, lo, x);
   // t = 1.5·2^23 + 127 + round(xc / ln 2): adding the magic number rounds
   // to an integer, and t's low mantissa bits then hold n + 127, the biased
   // exponent of 2^n (n >= -126 after the clamp)
@@ -154,7 +187,7 @@ MMVITMIX_INLINE vec16<float> vexp(const vec16<float>& x) {
   bits = bits << 23;  // (n + 127) << 23: the bits above are shifted out
   vec16<float> scale;
   std::memcpy(&scale, &bits, sizeof(scale));
-  return x < lo ? vsplat(0.0f) : p * scale;
+  return vsel_lt<float>(x, lo, vsplat(0.0f), p * scale);
 }
 
 MMVITMIX_INLINE vec16<double> vexp(const vec16<double>& x) {

@@ -1,0 +1,519 @@
+"""GPU acceptance of the attention backends, in one call.
+
+On a bare GPU machine (torch >= 2.11 with CUDA, nvcc; no OpenMMLab
+packages, no network) this:
+
+1. installs carried wheels (``--wheels DIR``: mmengine, a pure-Python mmcv
+   and their pure-Python dependencies, for the backbone part; see below);
+2. builds ``mmvitmix._ext`` in place for the GPU it finds
+   (``TORCH_CUDA_ARCH_LIST`` = its compute capability), unless
+   ``--no-build``;
+3. checks every backend of both seams against the float64 reference,
+   forward and backward, fp32 / fp16 / bf16, at RMT and ResT shapes
+   (relative error ‖out − ref‖ / ‖ref‖; limits in :data:`LIMITS`);
+4. times forward and forward + backward of the ops (RMT-S stage layers,
+   ResT-S EMSA layers) and of the RMT-S backbone at 800×1333, batch 2,
+   for every backend (and the official RMT when ``--official-dir`` is
+   given), with peak memory;
+5. writes ``acceptance.md`` (one markdown table per part) and
+   ``acceptance.json`` into ``--out-dir`` and exits non-zero when any
+   correctness check failed or a part could not run.
+
+It also runs on CPU (``--device cpu --quick``: tiny shapes, no build, no
+FlexAttention compile), which the test suite does so that it cannot rot.
+
+Preparing the wheels on a machine with the project installed (once)::
+
+    mkdir -p .whl && cd .whl
+    pip download --no-deps mmengine==0.10.7 addict yapf termcolor \\
+        platformdirs tomli rich markdown-it-py mdurl pygments
+    MMCV_WITH_OPS=0 pip wheel --no-deps --no-build-isolation mmcv==2.1.0
+
+(``opencv-python-headless`` for the device's Python is needed by mmcv's
+import: ``pip download --no-deps --only-binary=:all: --python-version 3.12
+opencv-python-headless numpy``), then on the GPU machine::
+
+    python tools/analysis_tools/gpu_acceptance.py --wheels .whl \\
+        --out-dir $OUT
+"""
+import argparse
+import json
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+#: largest relative error (‖out − ref‖ / ‖ref‖ against float64) per dtype
+LIMITS = {'fp32': 1e-3, 'bf16': 2e-2, 'fp16': 5e-3}
+DTYPES = {'fp32': torch.float32, 'bf16': torch.bfloat16,
+          'fp16': torch.float16}
+
+
+def log(*args):
+    print('[gpu_acceptance]', *args, flush=True)
+
+
+def install_wheels(folder):
+    pkgs = sorted(str(p) for p in Path(folder).glob('*.whl'))
+    if not pkgs:
+        return f'no wheels in {folder}'
+    cmd = [sys.executable, '-m', 'pip', 'install', '--no-index',
+           '--no-deps', '--find-links', folder] + pkgs
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    return None if res.returncode == 0 else res.stderr[-2000:]
+
+
+def build_extension(device):
+    """``python setup.py build_ext --inplace`` for this GPU."""
+    env = dict(os.environ, FORCE_CUDA='1',
+               MAX_JOBS=str(max(1, (os.cpu_count() or 2))))
+    if device == 'cuda':
+        major, minor = torch.cuda.get_device_capability()
+        env['TORCH_CUDA_ARCH_LIST'] = f'{major}.{minor}'
+    start = time.perf_counter()
+    res = subprocess.run([sys.executable, 'setup.py', 'build_ext',
+                          '--inplace'], cwd=ROOT, env=env,
+                         capture_output=True, text=True)
+    took = time.perf_counter() - start
+    if res.returncode != 0:
+        return took, (res.stdout + res.stderr)[-3000:]
+    return took, None
+
+
+def rel_err(got, want):
+    got, want = got.double(), want.double()
+    if not torch.isfinite(got).all():
+        return math.inf
+    return ((got - want).norm() / want.norm().clamp_min(1e-30)).item()
+
+
+# ----------------------------------------------------------- correctness
+
+
+def _rmt_inputs(shape, device, seed):
+    """RMT layer inputs in float32: channels-last q/k/v projections viewed
+    as (B, heads, H, W, D), RMT's rotary tables and decays, a gradient."""
+    bsz, heads, height, width, dim = shape
+    gen = torch.Generator().manual_seed(seed)
+
+    def proj():
+        x = torch.randn(bsz, height, width, heads, dim, generator=gen)
+        return x.permute(0, 3, 1, 2, 4)
+
+    q, k, v = proj(), proj(), proj()
+    angle = 1.0 / (10000**torch.linspace(0, 1, dim // 2))
+    angle = angle.repeat_interleave(2)
+    phase = torch.arange(height * width)[:, None] * angle[None]
+    sin = torch.sin(phase).reshape(height, width, dim)
+    cos = torch.cos(phase).reshape(height, width, dim)
+    hidx = torch.arange(heads, dtype=torch.float64)
+    log_decay = torch.log(1 - 2**(-2 - 4 * hidx / heads)).float()
+    grad = torch.randn(bsz, heads, height, width, dim, generator=gen)
+    return [t.to(device) for t in (q, k, v, sin, cos, log_decay, grad)]
+
+
+def check_retention(backend, shape, dtype_name, device, decomposed, train,
+                    seed):
+    from mmvitmix.ops.retention import retention_attention
+    q, k, v, sin, cos, log_decay, grad = _rmt_inputs(shape, device, seed)
+    scale = shape[-1]**-0.5
+    dtype = DTYPES[dtype_name]
+
+    def run(name, tensors, dt):
+        leaves = [t.to(dt).detach().requires_grad_(train) for t in tensors]
+        with torch.set_grad_enabled(train):
+            out = retention_attention(*leaves, log_decay.to(
+                torch.float64 if dt == torch.float64 else torch.float32),
+                decomposed, sin.to(dt), cos.to(dt), scale, backend=name)
+            grads = torch.autograd.grad(out, leaves, grad.to(out.dtype)) \
+                if train else []
+        return out.detach(), grads
+
+    want, want_g = run('reference', (q, k, v), torch.float64)
+    got, got_g = run(backend, (q, k, v), dtype)
+    errs = [rel_err(got, want)] + [rel_err(g, w)
+                                   for g, w in zip(got_g, want_g)]
+    return max(errs)
+
+
+def check_emsa(backend, mixed, dtype_name, device, train, seed):
+    from mmvitmix.ops.emsa import emsa_attention
+    gen = torch.Generator().manual_seed(seed)
+    heads = 4 if mixed else 1
+    bsz, n, m, dim = 2, 197, 49, 64
+    q = torch.randn(bsz, n, heads, dim, generator=gen).transpose(1, 2)
+    k = torch.randn(bsz, heads, m, dim, generator=gen)
+    v = torch.randn(bsz, heads, m, dim, generator=gen)
+    weight = torch.randn(heads, heads, generator=gen) * heads**-0.5
+    bias = torch.randn(heads, generator=gen)
+    grad = torch.randn(bsz, heads, n, dim, generator=gen)
+    dtype = DTYPES[dtype_name]
+
+    def run(name, dt):
+        leaves = [t.to(device, dt).requires_grad_(train) for t in (q, k, v)]
+        w = weight.to(device, dt) if mixed else None
+        b = bias.to(device, dt) if mixed else None
+        with torch.set_grad_enabled(train):
+            out = emsa_attention(*leaves, dim**-0.5, w, b, 1e-5, backend=name)
+            grads = torch.autograd.grad(out, leaves, grad.to(
+                device, out.dtype)) if train else []
+        return out.detach(), grads
+
+    want, want_g = run('reference', torch.float64)
+    got, got_g = run(backend, dtype)
+    return max([rel_err(got, want)] +
+               [rel_err(g, w) for g, w in zip(got_g, want_g)])
+
+
+def correctness(args, backends_to_check):
+    rows = []
+    dtypes = ['fp32', 'bf16', 'fp16']
+    if args.quick:
+        shapes = [(2, 2, 5, 7, 16)]
+    else:
+        shapes = [(2, 4, 13, 21, 16), (1, 8, 25, 42, 32), (2, 2, 9, 1, 64)]
+    for backend in backends_to_check:
+        for dtype in dtypes:
+            for decomposed in (True, False):
+                for shape in shapes:
+                    for train in (False, True):
+                        if backend == 'flex' and train and args.device == \
+                                'cpu':
+                            continue
+                        row = dict(op='retention', backend=backend,
+                                   dtype=dtype, form='decomposed'
+                                   if decomposed else 'whole',
+                                   shape=list(shape),
+                                   mode='fwd+bwd' if train else 'fwd')
+                        try:
+                            err = check_retention(backend, shape, dtype,
+                                                  args.device, decomposed,
+                                                  train, len(rows))
+                            row.update(err=err, ok=err <= LIMITS[dtype])
+                        except Exception as exc:  # reported, not hidden
+                            row.update(err=None, ok=False,
+                                       error=f'{type(exc).__name__}: {exc}'
+                                       [:300])
+                        rows.append(row)
+        if backend == 'flex':
+            continue
+        for dtype in dtypes:
+            for mixed in (True, False):
+                for train in (False, True):
+                    row = dict(op='emsa', backend=backend, dtype=dtype,
+                               form='mixed' if mixed else 'plain',
+                               shape=[2, 4 if mixed else 1, 197, 49, 64],
+                               mode='fwd+bwd' if train else 'fwd')
+                    try:
+                        err = check_emsa(backend, mixed, dtype, args.device,
+                                         train, len(rows))
+                        row.update(err=err, ok=err <= LIMITS[dtype])
+                    except Exception as exc:
+                        row.update(err=None, ok=False,
+                                   error=f'{type(exc).__name__}: {exc}'
+                                   [:300])
+                    rows.append(row)
+    return rows
+
+
+# ---------------------------------------------------------------- timing
+
+
+def sync(device):
+    if device == 'cuda':
+        torch.cuda.synchronize()
+
+
+def time_step(step, device, warmup, repeats):
+    """Median and minimum seconds, and the peak extra memory in MiB (CUDA)."""
+    for _ in range(warmup):
+        step()
+    sync(device)
+    peak = None
+    if device == 'cuda':
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        step()
+        sync(device)
+        times.append(time.perf_counter() - start)
+    if device == 'cuda':
+        peak = (torch.cuda.max_memory_allocated() - base) / 2**20
+    return statistics.median(times), min(times), peak
+
+
+def time_ops(args, methods):
+    from mmvitmix.ops.emsa import emsa_attention
+    from mmvitmix.ops.retention import retention_attention
+    rows = []
+    if args.quick:
+        rmt = [('stage1', 4, 16, True, (9, 11))]
+        rest = [('stage2', 2, 32, 64, 16)]
+        batch = 1
+    else:  # RMT-S / ResT-S stages at 800x1333, batch 2
+        rmt = [('stage1', 4, 16, True, (200, 334)),
+               ('stage2', 4, 32, True, (100, 167)),
+               ('stage3', 8, 32, True, (50, 84)),
+               ('stage4', 16, 32, False, (25, 42))]
+        rest = [('stage1', 1, 64, 200 * 334, 25 * 42),
+                ('stage2', 2, 64, 100 * 167, 25 * 42),
+                ('stage3', 4, 64, 50 * 84, 25 * 42),
+                ('stage4', 8, 64, 25 * 42, 25 * 42)]
+        batch = 2
+    dtype = DTYPES[args.time_dtype]
+    for stage, heads, dim, decomposed, (h, w) in rmt:
+        q, k, v, sin, cos, log_decay, grad = _rmt_inputs(
+            (batch, heads, h, w, dim), args.device, 0)
+        q, k, v, sin, cos, grad = (t.to(dtype)
+                                   for t in (q, k, v, sin, cos, grad))
+        for mode in ('fwd', 'fwd+bwd'):
+            for method in methods:
+                if method == 'flex' and mode == 'fwd+bwd' and \
+                        args.device == 'cpu':
+                    continue
+                leaves = [t.detach().requires_grad_(mode == 'fwd+bwd')
+                          for t in (q, k, v)]
+
+                def step():
+                    with torch.set_grad_enabled(mode == 'fwd+bwd'):
+                        out = retention_attention(
+                            *leaves, log_decay, decomposed, sin, cos,
+                            dim**-0.5, backend=method)
+                        if mode == 'fwd+bwd':
+                            torch.autograd.grad(out, leaves, grad)
+
+                rows.append(_timed_row('retention', stage, (h, w), mode,
+                                       method, step, args))
+    for stage, heads, dim, n, m in rest:
+        gen = torch.Generator().manual_seed(0)
+        q = torch.randn(batch, heads, n, dim, generator=gen).to(
+            args.device, dtype)
+        k = torch.randn(batch, heads, m, dim, generator=gen).to(
+            args.device, dtype)
+        v = torch.randn(batch, heads, m, dim, generator=gen).to(
+            args.device, dtype)
+        weight = (torch.randn(heads, heads, generator=gen) /
+                  heads).to(args.device, dtype) if heads > 1 else None
+        bias = torch.zeros(heads, device=args.device,
+                           dtype=dtype) if heads > 1 else None
+        for mode in ('fwd', 'fwd+bwd'):
+            for method in methods:
+                if method == 'flex':
+                    continue
+                leaves = [t.detach().requires_grad_(mode == 'fwd+bwd')
+                          for t in (q, k, v)]
+
+                def step():
+                    with torch.set_grad_enabled(mode == 'fwd+bwd'):
+                        out = emsa_attention(*leaves, dim**-0.5, weight,
+                                             bias, backend=method)
+                        if mode == 'fwd+bwd':
+                            out.sum().backward()
+
+                rows.append(_timed_row('emsa', stage, (n, m), mode, method,
+                                       step, args))
+    return rows
+
+
+def _timed_row(op, stage, shape, mode, method, step, args):
+    row = dict(op=op, stage=stage, shape=list(shape), mode=mode,
+               method=method)
+    if time.perf_counter() > args.deadline:
+        row.update(error='skipped: time budget spent')
+        return row
+    try:
+        med, best, peak = time_step(step, args.device, args.warmup,
+                                    args.repeats)
+        row.update(median_ms=med * 1e3, min_ms=best * 1e3, peak_mib=peak)
+    except Exception as exc:
+        row.update(error=f'{type(exc).__name__}: {exc}'[:300])
+    if args.device == 'cuda':
+        torch.cuda.empty_cache()
+    return row
+
+
+def time_backbone(args, methods):
+    from mmvitmix.models.backbones.rmt import RMT, convert_rmt
+    arch, size, batch = (('t', (64, 96), 1) if args.quick else
+                         ('s', (800, 1333), 2))
+    rows = []
+    official = None
+    if args.official_dir and not args.quick:
+        sys.path.insert(0, str(Path(args.official_loader).resolve()))
+        import official_models as om
+        mod = om.load_rmt_cls(os.path.join(args.official_dir, 'RMT.py'))
+        official = mod.RMT_S(None) if 'args' in \
+            mod.RMT_S.__code__.co_varnames else mod.RMT_S()
+    for method in (['official'] if official is not None else []) + methods:
+        for mode in ('infer', 'fwd+bwd'):
+            if method == 'flex' and mode == 'fwd+bwd' and \
+                    args.device == 'cpu':
+                continue
+            torch.manual_seed(0)
+            if method == 'official':
+                model = official
+                fn = model.forward_features
+            else:
+                model = RMT(arch=arch, drop_path_rate=0., attn_backend=method)
+                if official is not None:
+                    model.load_state_dict(
+                        convert_rmt({'model': official.state_dict()}),
+                        strict=False)
+                fn = model
+            model = model.to(args.device).train(mode == 'fwd+bwd')
+            x = torch.randn(batch, 3, *size, device=args.device)
+
+            def step():
+                if mode == 'infer':
+                    with torch.no_grad():
+                        fn(x)
+                    return
+                out = fn(x)
+                outs = out if isinstance(out, (tuple, list)) else [out]
+                sum(o.float().sum() for o in outs).backward()
+                model.zero_grad(set_to_none=True)
+
+            row = _timed_row('backbone', f'RMT-{arch.upper()}',
+                             (batch, 3) + size, mode, method, step, args)
+            rows.append(row)
+            model.to('cpu')
+    return rows
+
+
+# ---------------------------------------------------------------- output
+
+
+def markdown(report):
+    lines = [f"# GPU acceptance: {report['device_name']}", '',
+             f"torch {report['torch']}, CUDA {report['cuda']}, python "
+             f"{report['python']}, {report['date']}; build: "
+             f"{report['build']}", '']
+    lines += ['## Correctness (relative error vs float64 reference)', '',
+              '| op | backend | dtype | form | mode | shape | rel. err | '
+              'limit | ok |', '|---|---|---|---|---|---|---|---|---|']
+    for r in report['correctness']:
+        err = (f"{r['err']:.2e}" if r.get('err') is not None else
+               r.get('error', '-'))
+        lines.append(f"| {r['op']} | {r['backend']} | {r['dtype']} | "
+                     f"{r['form']} | {r['mode']} | {r['shape']} | {err} | "
+                     f"{LIMITS[r['dtype']]:.0e} | {'yes' if r['ok'] else 'NO'} |")
+    for part in ('ops', 'backbone'):
+        lines += ['', f'## Timing: {part} ({report["time_dtype"]}, median '
+                  '(min) ms, peak extra MiB)', '',
+                  '| op | stage | shape | mode | method | ms | MiB |',
+                  '|---|---|---|---|---|---|---|']
+        for r in report[part]:
+            if 'median_ms' in r:
+                ms = f"{r['median_ms']:.2f} ({r['min_ms']:.2f})"
+                mib = (f"{r['peak_mib']:.0f}" if r['peak_mib'] is not None
+                       else '-')
+            else:
+                ms, mib = r.get('error', '-'), '-'
+            lines.append(f"| {r['op']} | {r['stage']} | {r['shape']} | "
+                         f"{r['mode']} | {r['method']} | {ms} | {mib} |")
+    lines += ['', f"Result: {'PASS' if report['passed'] else 'FAIL'}; "
+              f"{report['elapsed_s']:.0f} s in all.", '']
+    if report['problems']:
+        lines += ['Problems:', ''] + [f'- {p}' for p in report['problems']]
+    return '\n'.join(lines) + '\n'
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--device', default='cuda'
+                        if torch.cuda.is_available() else 'cpu',
+                        choices=['cpu', 'cuda'])
+    parser.add_argument('--quick', action='store_true',
+                        help='tiny shapes (the test suite runs this on CPU)')
+    parser.add_argument('--out-dir', default='work_dirs/gpu_acceptance')
+    parser.add_argument('--wheels', help='folder of wheels to install first')
+    parser.add_argument('--no-build', action='store_true',
+                        help='use the extension as it is')
+    parser.add_argument('--official-dir',
+                        help='folder with the official RMT.py')
+    parser.add_argument('--official-loader',
+                        default=str(ROOT.parent / 'shared' / 'bench'))
+    parser.add_argument('--backends', nargs='+',
+                        default=['sdpa', 'flex', 'fused', 'reference'])
+    parser.add_argument('--time-dtype', default='fp32', choices=list(DTYPES))
+    parser.add_argument('--warmup', type=int, default=3)
+    parser.add_argument('--repeats', type=int, default=10)
+    parser.add_argument('--budget-s', type=float, default=420.,
+                        help='stop timing after this many seconds')
+    args = parser.parse_args(argv)
+    start = time.perf_counter()
+    args.deadline = start + args.budget_s
+    if args.device == 'cuda' and not torch.cuda.is_available():
+        sys.exit('--device cuda: torch sees no CUDA device')
+    if args.quick:
+        args.warmup, args.repeats = 1, 2
+        if args.device == 'cpu':  # no inductor compile in the test suite
+            args.backends = [b for b in args.backends if b != 'flex']
+    problems = []
+    if args.wheels:
+        err = install_wheels(args.wheels)
+        if err:
+            problems.append(f'installing wheels failed: {err}')
+    build = 'not built (--no-build)'
+    if not args.no_build and args.device == 'cuda':
+        took, err = build_extension(args.device)
+        build = (f'built in place for {torch.cuda.get_device_capability()} '
+                 f'in {took:.0f} s') if err is None else 'FAILED'
+        if err:
+            problems.append(f'building the extension failed: {err}')
+    from mmvitmix.ops import _dispatch
+    if not _dispatch.load_ext():
+        problems.append(f'mmvitmix._ext did not load: {_dispatch.ext_error()}')
+    log('build:', build)
+
+    rows = correctness(args, args.backends)
+    bad = [r for r in rows if not r['ok']]
+    log(f'correctness: {len(rows) - len(bad)}/{len(rows)} within limits')
+    methods = ['auto'] + args.backends
+    ops_rows = time_ops(args, methods)
+    try:
+        backbone_rows = time_backbone(args, methods)
+    except ImportError as exc:
+        backbone_rows = []
+        problems.append(f'backbone part needs mmengine/mmcv ({exc}); carry '
+                        'them with --wheels')
+    failed_timing = [r for r in ops_rows + backbone_rows
+                     if 'error' in r and 'budget' not in r['error']]
+    problems += [f"{r['op']} {r['stage']} {r['mode']} {r['method']}: "
+                 f"{r['error']}" for r in failed_timing]
+    problems += [f"correctness {r['op']} {r['backend']} {r['dtype']} "
+                 f"{r['form']} {r['mode']}: "
+                 f"{r.get('error') or r['err']}" for r in bad]
+    report = dict(
+        device=args.device,
+        device_name=(torch.cuda.get_device_name() if args.device == 'cuda'
+                     else platform.processor() or 'CPU'),
+        torch=torch.__version__, cuda=torch.version.cuda,
+        python=platform.python_version(),
+        date=time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime()),
+        build=build, ext_cuda_archs=_dispatch.ext_cuda_archs(),
+        time_dtype=args.time_dtype, correctness=rows, ops=ops_rows,
+        backbone=backbone_rows, problems=problems,
+        passed=not problems, elapsed_s=time.perf_counter() - start)
+    out = Path(args.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / 'acceptance.json').write_text(json.dumps(report, indent=1))
+    text = markdown(report)
+    (out / 'acceptance.md').write_text(text)
+    print(text)
+    return 0 if report['passed'] else 1
+
+
+if __name__ == '__main__':
+    sys.exit(main())
