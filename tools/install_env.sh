@@ -51,6 +51,8 @@ have mmdet 3.3.0 || pipi mmdet==3.3.0
 have mmseg 1.2.2 || pipi mmsegmentation==1.2.2
 have mmpretrain 1.2.0 || pipi mmpretrain==1.2.0
 "$PY" -c "import pycocotools, pytest, ftfy, regex" 2>/dev/null || pipi pycocotools pytest ftfy regex
+# ONNX export and its check in onnxruntime (tools/deploy/export_onnx.py)
+"$PY" -c "import onnx, onnxscript, onnxruntime" 2>/dev/null || pipi onnx onnxscript onnxruntime
 
 # 6. this package, editable (builds its compiled ops when their sources are present: the CPU
 #    kernels always, the CUDA kernels too where nvcc exists, for sm_80/sm_90; minutes on 2 cores).
