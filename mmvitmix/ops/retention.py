@@ -59,6 +59,20 @@ def theta_shift(x: Tensor, sin: Tensor, cos: Tensor) -> Tensor:
     return x * cos + rotate_every_two(x) * sin
 
 
+def _theta_shift_lean(x: Tensor, sin: Tensor, cos: Tensor) -> Tensor:
+    """:func:`theta_shift` with two full-size temporaries instead of five.
+
+    ``rotate_every_two(x) * sin`` equals ``swap_pairs(x) * (sin · s)`` with
+    ``s = (-1, 1, -1, 1, ...)``; the product with ``sin · s`` (a table of
+    H·W·Dk, not of the batch) is accumulated into ``x * cos`` in place.
+    """
+    sign = torch.ones(2, dtype=sin.dtype, device=sin.device)
+    sign[0] = -1
+    signed_sin = sin * sign.repeat(sin.shape[-1] // 2)
+    swapped = x.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)
+    return (x * cos).addcmul_(swapped, signed_sin)
+
+
 def _bias_dtype(q: Tensor, log_decay: Tensor) -> torch.dtype:
     return torch.promote_types(q.dtype, log_decay.dtype)
 
@@ -259,12 +273,16 @@ def retention_attention(q: Tensor,
     if chosen == 'fused':
         return _attention_fused(q, k, v, log_decay, decomposed, sin, cos,
                                 scale)
+    if chosen == 'reference':  # as the official code: k·scale, then rotate
+        if scale != 1.0:
+            k = k * scale
+        if sin is not None:
+            q = theta_shift(q, sin, cos)
+            k = theta_shift(k, sin, cos)
+        return _attention_reference(q, k, v, log_decay, decomposed)
     if sin is not None:
-        q = theta_shift(q, sin, cos)
-        k = theta_shift(k, sin, cos)
-    if chosen == 'reference':
-        return _attention_reference(q, k * scale if scale != 1.0 else k, v,
-                                    log_decay, decomposed)
+        q = _theta_shift_lean(q, sin, cos)
+        k = _theta_shift_lean(k, sin, cos)
     return _attention_torch(q, k, v, log_decay, decomposed, scale,
                             flex=chosen == 'flex')
 
