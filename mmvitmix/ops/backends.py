@@ -67,10 +67,11 @@ LEGACY_ENV_VAR = 'MMVITMIX_FORCE_REFERENCE'
 #: hand-written kernel that no benchmark has shown winning there.
 AUTO_TABLE = {
     # CPU: 2-core AMD EPYC (Zen 3, AVX2, no AVX-512), torch 2.13, 1 and 2
-    # threads (docs/benchmarks.md, "Attention backends"): SDPA is the
-    # fastest retention backend at every RMT-S stage, 2-5x the fused
-    # kernel; for EMSA with head mixing the reference beats the fused
-    # kernel 1.5-3x; FlexAttention (inference only) loses to SDPA.
+    # threads (docs/benchmarks.md): SDPA is the fastest retention backend
+    # at every RMT-S stage or within the noise of the reference, 2-5x
+    # faster than the fused kernel; for EMSA with head mixing the reference
+    # beats the fused kernel 2-4x; FlexAttention (inference only) loses to
+    # SDPA. Whole backbones: RMT-S with SDPA 0.64-0.73x the official time.
     ('retention', 'cpu', 'decomposed', 'infer'): 'sdpa',
     ('retention', 'cpu', 'decomposed', 'train'): 'sdpa',
     ('retention', 'cpu', 'whole', 'infer'): 'sdpa',

@@ -56,7 +56,15 @@ def official():
         return json.load(f)
 
 
-def assert_rel_close(actual, expected, rel=1e-5):
+def assert_rel_close(actual, expected, rel=2e-5):
+    """Within ``rel`` of the tensor's scale.
+
+    2e-5, not 1e-5: the golden stage-4 output of the official float32 code is
+    itself 9.5e-6 (relative) from the same model run in float64, and every
+    mmvitmix backend lands within 8.2e-6 of that float64 result, so two
+    correct float32 paths may differ by up to about 1.8e-5. A wrong mapping
+    shows as O(1).
+    """
     assert actual.shape == expected.shape
     err = (actual - expected).abs().max().item()
     scale = expected.abs().max().item()
@@ -118,9 +126,9 @@ def test_attention_goes_through_seam(golden, monkeypatch):
     calls = []
     original = rest_module.emsa_attention
 
-    def spy(q, k, v, scale, weight, bias, eps):
+    def spy(q, k, v, scale, weight, bias, eps, backend=None):
         calls.append(None if weight is None else tuple(weight.shape))
-        return original(q, k, v, scale, weight, bias, eps)
+        return original(q, k, v, scale, weight, bias, eps, backend=backend)
 
     monkeypatch.setattr(rest_module, 'emsa_attention', spy)
     model = ResT(arch=golden['config'], out_norm_cfg=None, drop_path_rate=0.)
