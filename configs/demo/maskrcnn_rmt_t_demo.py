@@ -4,11 +4,14 @@
 # of 16-256 px for the 15-60 px shapes, fewer proposals and sampled RoIs, a
 # slimmer FPN/RoI head (128 channels), AdamW 2e-3 with warmup + cosine,
 # batch 4 x 360 iterations.
-# Measured (2 CPU cores, seed 0, `python tools/run_demo.py`): 0.7-0.9
-# s/iteration, 5.4 min in all; bbox mAP 0.504, segm mAP 0.573 (while other
-# jobs shared the cores: 1.2-1.3 s/iteration, about 10 min). Reproducible
-# run to run; a different build of the retention kernel changes rounding and
-# so the numbers (earlier builds: bbox 0.482 / 0.537, segm 0.544 / 0.578).
+# Measured (2 CPU cores, seed 0, `python tools/run_demo.py`), attention
+# backend auto (SDPA) on the AVX2 EPYC of 2026-12-01: 1.4-1.6 s/iteration,
+# 9.9 min in all; bbox mAP 0.556, segm mAP 0.593. With the fused kernels on
+# that machine: 1.6-1.7 s/iteration. Earlier, with the fused kernels on a
+# Zen 4 (AVX-512) machine: 0.7-0.9 s/iteration, 5.4 min, bbox 0.504, segm
+# 0.573. Reproducible run to run on one machine and backend; another backend
+# or build changes rounding and so the last digits (earlier builds: bbox
+# 0.482 / 0.537, segm 0.544 / 0.578).
 # At 200 iterations, AdamW lr 1e-3 / 2e-3 / 4e-3 gave bbox mAP
 # 0.289 / 0.368 / 0.143.
 # Run it through tools/run_demo.py (`make demo`), or with any mmengine
