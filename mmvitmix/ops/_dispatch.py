@@ -40,6 +40,26 @@ def registered_kernel(name: str) -> Optional[Callable]:
     return _KERNELS.get(name)
 
 
+_REGISTERED = set()
+
+
+def fused_op(name: str, register: Callable[[], None],
+             fused: Callable) -> Callable:
+    """The fused kernel ``name``: a registered stand-in, else ``fused``
+    after loading the extension and running the op module's ``register``
+    (fake kernels, autograd) once. RuntimeError if the extension is missing.
+    """
+    stand_in = _KERNELS.get(name)
+    if stand_in is not None:
+        return stand_in
+    if name not in _REGISTERED:
+        if not load_ext():
+            raise RuntimeError(f'mmvitmix._ext did not load: {_EXT_ERROR}')
+        register()
+        _REGISTERED.add(name)
+    return fused
+
+
 def load_ext() -> bool:
     """Import ``mmvitmix._ext`` once; True when it is available."""
     global _EXT, _EXT_LOADED, _EXT_ERROR

@@ -100,23 +100,10 @@ def _emsa_fused(q: Tensor,
     return out.to(v.dtype)
 
 
-_LIBRARY_REGISTERED = False
-
-
 def _fused_op():
     """The fused op (a registered stand-in, else the extension's)."""
-    global _LIBRARY_REGISTERED
     from . import _dispatch
-    stand_in = _dispatch.registered_kernel('emsa')
-    if stand_in is not None:
-        return stand_in
-    if not _LIBRARY_REGISTERED:
-        if not _dispatch.load_ext():
-            raise RuntimeError('mmvitmix._ext did not load: '
-                               f'{_dispatch.ext_error()}')
-        _register_library()
-        _LIBRARY_REGISTERED = True
-    return _emsa_fused
+    return _dispatch.fused_op('emsa', _register_library, _emsa_fused)
 
 
 def emsa_attention(q: Tensor,

@@ -139,23 +139,10 @@ def _stats_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-_LIBRARY_REGISTERED = False
-
-
 def _fused_op():
-    """The fused 5-D op (a registered stand-in, else the extension's)."""
-    global _LIBRARY_REGISTERED
+    """The fused op (a registered stand-in, else the extension's)."""
     from . import _dispatch
-    stand_in = _dispatch.registered_kernel('retention')
-    if stand_in is not None:
-        return stand_in
-    if not _LIBRARY_REGISTERED:
-        if not _dispatch.load_ext():
-            raise RuntimeError('mmvitmix._ext did not load: '
-                               f'{_dispatch.ext_error()}')
-        _register_library()
-        _LIBRARY_REGISTERED = True
-    return _retention_fused
+    return _dispatch.fused_op('retention', _register_library, _retention_fused)
 
 
 def _retention_fused(q: Tensor,
