@@ -7,14 +7,21 @@ Each backbone (RMT, ResT, Container-Light, RIFormer) subclasses
   with errors that list what is accepted;
 * ``out_indices`` normalisation (int or sequence, negatives allowed);
 * rejection of unknown keyword arguments with the list of accepted ones;
+* range checks of the common arguments (``in_channels``, ``drop_path_rate``,
+  ``frozen_stages``, the flags) and of every numeric ``arch`` entry, with
+  errors naming the argument and the accepted range
+  (:func:`check_number`, :meth:`VitMixBackbone.init_common`);
 * input checks (4-D, channel count, smallest size for four stages);
 * ``frozen_stages`` (stem + first N stages, applied in ``__init__`` and again
   in :meth:`train`) and ``norm_eval`` (BatchNorm layers kept in eval mode);
 * ``init_cfg=dict(type='Pretrained', checkpoint=...)`` that runs the
-  backbone's official-checkpoint converter at load time and reports missing
-  and unexpected keys instead of hiding them.
+  backbone's official-checkpoint converter at load time, reports missing
+  and unexpected keys instead of hiding them, and refuses a checkpoint that
+  covers too little of the backbone (``min_coverage``).
 """
 import inspect
+import math
+import numbers
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Union
 
 import torch
@@ -53,6 +60,90 @@ def normalize_out_indices(out_indices: Union[int, Sequence[int]],
     if len(set(result)) != len(result):
         raise ValueError(f'out_indices {tuple(out_indices)} repeats a stage')
     return tuple(sorted(result))
+
+
+def _range_text(low, high, low_open: bool, high_open: bool) -> str:
+    if low is not None and high is not None:
+        return (f'{"(" if low_open else "["}{low}, {high}'
+                f'{")" if high_open else "]"}')
+    if low is not None:
+        return f'{">" if low_open else ">="} {low}'
+    if high is not None:
+        return f'{"<" if high_open else "<="} {high}'
+    return 'any finite value'
+
+
+def check_number(owner: str,
+                 name: str,
+                 value,
+                 *,
+                 integer: bool = False,
+                 low=None,
+                 high=None,
+                 low_open: bool = False,
+                 high_open: bool = False):
+    """Return ``value`` if it is a number in range, else raise.
+
+    Args:
+        owner (str): who checks (the backbone's name), for the message.
+        name (str): the argument's name, for the message.
+        value: the value to check (bools are not numbers here).
+        integer (bool): require an int.
+        low, high: bounds (None: unbounded).
+        low_open, high_open (bool): exclude the bound itself.
+
+    Raises:
+        TypeError: not an int / a real number.
+        ValueError: NaN, infinite or out of range; the message names
+            ``name`` and the accepted range, e.g. ``[0, 1)``.
+    """
+    kind = 'an int' if integer else 'a number'
+    accepted = _range_text(low, high, low_open, high_open)
+    wanted = numbers.Integral if integer else numbers.Real
+    if isinstance(value, bool) or not isinstance(value, wanted):
+        raise TypeError(f'{owner}: {name} must be {kind} in {accepted}, got '
+                        f'{value!r} ({type(value).__name__})')
+    bad = not math.isfinite(value)
+    if low is not None:
+        bad |= value <= low if low_open else value < low
+    if high is not None:
+        bad |= value >= high if high_open else value > high
+    if bad:
+        raise ValueError(
+            f'{owner}: {name} must be {kind} in {accepted}, got {value!r}')
+    return value
+
+
+def check_numbers(owner: str, name: str, values, **kwargs) -> list:
+    """:func:`check_number` on every entry of a per-stage list."""
+    return [
+        check_number(owner, f'{name}[{i}]', v, **kwargs)
+        for i, v in enumerate(values)
+    ]
+
+
+def check_flag(owner: str, name: str, value) -> bool:
+    """Return ``value`` if it is a bool, else raise a TypeError."""
+    if not isinstance(value, bool):
+        raise TypeError(f'{owner}: {name} must be True or False, got '
+                        f'{value!r} ({type(value).__name__})')
+    return value
+
+
+def drop_path_rates(drop_path_rate: float, num_blocks: int) -> List[float]:
+    """Stochastic-depth rate per block, linear from 0 (timm's schedule).
+
+    Computed on the CPU so that a backbone can be built under a
+    ``torch.device('meta')`` context.
+    """
+    return torch.linspace(
+        0, drop_path_rate, num_blocks, device='cpu').tolist()
+
+
+#: share of the backbone's parameters (by element count, the output norms
+#: that official ImageNet files lack not counted) that a Pretrained checkpoint
+#: must provide unless ``init_cfg`` lowers ``min_coverage``
+DEFAULT_MIN_COVERAGE = 0.9
 
 
 class VitMixBackbone(BaseModule):
@@ -116,6 +207,39 @@ class VitMixBackbone(BaseModule):
             raise TypeError(
                 f'{cls.__name__}: unknown argument(s) {sorted(kwargs)}; '
                 f'accepted arguments are {params}')
+
+    def init_common(self,
+                    *,
+                    in_channels: int,
+                    out_indices: Union[int, Sequence[int]],
+                    frozen_stages: int,
+                    norm_eval: bool,
+                    with_cp: bool,
+                    drop_path_rate: float,
+                    num_blocks: int,
+                    drop_rate: Optional[float] = None) -> List[float]:
+        """Check and set the arguments every backbone takes.
+
+        Sets ``in_channels``, ``out_indices`` (normalised), ``frozen_stages``,
+        ``norm_eval`` and ``with_cp``; checks ``drop_path_rate`` (and
+        ``drop_rate`` where the backbone has one) to be in ``[0, 1)``.
+
+        Returns:
+            list[float]: the drop-path rate of each of ``num_blocks`` blocks.
+        """
+        owner = type(self).__name__
+        self.in_channels = check_number(
+            owner, 'in_channels', in_channels, integer=True, low=1)
+        self.out_indices = normalize_out_indices(out_indices, self.num_stages)
+        self.frozen_stages = self.check_frozen_stages(frozen_stages)
+        self.norm_eval = check_flag(owner, 'norm_eval', norm_eval)
+        self.with_cp = check_flag(owner, 'with_cp', with_cp)
+        check_number(owner, 'drop_path_rate', drop_path_rate, low=0, high=1,
+                     high_open=True)
+        if drop_rate is not None:
+            check_number(owner, 'drop_rate', drop_rate, low=0, high=1,
+                         high_open=True)
+        return drop_path_rates(drop_path_rate, num_blocks)
 
     def check_input(self, x: torch.Tensor) -> None:
         """Validate an NCHW image batch."""
@@ -192,20 +316,28 @@ class VitMixBackbone(BaseModule):
         be an official release (converted on the fly), a file written by
         ``tools/model_converters/*2mmvitmix.py``, or a whole detector /
         segmentor checkpoint (``prefix='backbone.'`` selects the backbone).
+        ``min_coverage`` (default :data:`DEFAULT_MIN_COVERAGE`) is the share
+        of the backbone's parameters the file must provide; see
+        :meth:`load_pretrained`.
         """
         cfg = self.init_cfg
         if isinstance(cfg, dict) and cfg.get('type') == 'Pretrained':
-            unknown = sorted(
-                set(cfg) - {'type', 'checkpoint', 'prefix', 'map_location'})
+            accepted = ['checkpoint', 'prefix', 'map_location',
+                        'min_coverage']
+            unknown = sorted(set(cfg) - {'type', *accepted})
             if unknown:
                 raise ValueError(
                     f'{type(self).__name__}: Pretrained init_cfg has unknown '
-                    f'keys {unknown}; accepted: checkpoint, prefix, '
-                    'map_location')
+                    f'keys {unknown}; accepted: {", ".join(accepted)}')
+            if 'checkpoint' not in cfg:
+                raise ValueError(
+                    f'{type(self).__name__}: Pretrained init_cfg needs a '
+                    "'checkpoint' (a path or URL)")
             self.load_pretrained(
                 cfg['checkpoint'],
                 prefix=cfg.get('prefix'),
-                map_location=cfg.get('map_location', 'cpu'))
+                map_location=cfg.get('map_location', 'cpu'),
+                min_coverage=cfg.get('min_coverage', DEFAULT_MIN_COVERAGE))
             self._is_init = True
         else:
             super().init_weights()
@@ -221,12 +353,30 @@ class VitMixBackbone(BaseModule):
     def load_pretrained(self,
                         checkpoint: Union[str, dict],
                         prefix: Optional[str] = None,
-                        map_location: str = 'cpu') -> dict:
+                        map_location: str = 'cpu',
+                        min_coverage: float = DEFAULT_MIN_COVERAGE) -> dict:
         """Load ``checkpoint`` (path or loaded dict) into this backbone.
 
+        Args:
+            checkpoint (str | dict): a path / URL or a loaded checkpoint.
+            prefix (str | None): take only the keys under this prefix
+                (e.g. ``'backbone.'`` of a detector checkpoint).
+            map_location (str): where tensors are loaded.
+            min_coverage (float): refuse the checkpoint (ValueError, nothing
+                loaded) when it provides less than this share of the
+                backbone's parameters, counted by element, the output norms
+                that ImageNet files lack not counted. A checkpoint that
+                provides none is refused whatever the value. 0..1;
+                default :data:`DEFAULT_MIN_COVERAGE`.
+
         Returns:
-            dict: ``missing`` and ``unexpected`` key lists, also logged.
+            dict: ``missing``, ``unexpected`` and ``fresh`` (output norms
+            kept at their initial value) key lists, also logged.
         """
+        name = type(self).__name__
+        check_number(name, 'min_coverage', min_coverage, low=0, high=1)
+        source = (checkpoint if isinstance(checkpoint, str) else
+                  'the checkpoint dict passed in')
         if isinstance(checkpoint, str):
             # whole detector / segmentor checkpoints written by mmengine
             allow_mmengine_checkpoints()
@@ -248,6 +398,7 @@ class VitMixBackbone(BaseModule):
                 raise ValueError(f'no key of the checkpoint starts with '
                                  f'prefix {prefix!r}')
         state = self.adapt_converted_state(self.converter(state))
+        self.check_coverage(state, source, min_coverage)
         result = self.load_state_dict(state, strict=False)
         expected_missing = set(self.output_norm_keys())
         missing = [k for k in result.missing_keys if k not in expected_missing]
@@ -271,6 +422,45 @@ class VitMixBackbone(BaseModule):
                 level=30)
         return dict(missing=missing, unexpected=list(result.unexpected_keys),
                     fresh=fresh)
+
+    def check_coverage(self, state: dict, source: str,
+                       min_coverage: float) -> float:
+        """Refuse a converted state dict that covers too little of us.
+
+        Returns:
+            float: the share of the backbone's parameters (by element, the
+            output norms not counted) that ``state`` provides.
+
+        Raises:
+            ValueError: naming ``source``, the share, the first missing keys
+            and how to opt in, when no parameter or less than
+            ``min_coverage`` of them would be loaded.
+        """
+        name = type(self).__name__
+        optional = set(self.output_norm_keys())
+        params = [(k, p.numel()) for k, p in self.named_parameters()
+                  if k not in optional]
+        total = sum(n for _, n in params)
+        missing = [k for k, _ in params if k not in state]
+        loaded = sum(n for k, n in params if k in state)
+        share = loaded / total if total else 1.0
+        first = missing[:8]
+        more = f' and {len(missing) - 8} more' if len(missing) > 8 else ''
+        if loaded == 0:
+            raise ValueError(
+                f'{name}: no parameter of the backbone could be loaded from '
+                f'{source} ({len(state)} keys after conversion, none of them '
+                f'a parameter of {name}); is it a checkpoint of this '
+                f'backbone? Missing: {first}{more}')
+        if share < min_coverage:
+            raise ValueError(
+                f'{name}: {source} provides {share:.1%} of the backbone\'s '
+                f'parameters ({len(missing)} of {len(params)} tensors '
+                f'missing: {first}{more}), below min_coverage='
+                f'{min_coverage:g}. If a partial load is intended, set '
+                f'min_coverage in init_cfg (e.g. dict(type=\'Pretrained\', '
+                f'checkpoint=..., min_coverage={math.floor(share * 100) / 100:.2f}))')
+        return share
 
 
 def unwrap_state_dict(ckpt: dict) -> dict:

@@ -69,7 +69,7 @@ from torch import Tensor
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from mmvitmix.registry import MODELS
-from .base import (VitMixBackbone, check_all_consumed, normalize_out_indices,
+from .base import (VitMixBackbone, check_all_consumed, check_numbers,
                    strip_prefix_if_all, unwrap_state_dict)
 
 # --------------------------------------------------------------------------
@@ -232,8 +232,9 @@ class MixedAffinityBlock(nn.Module):
         qkv = self.qkv(self.norm1(x))
         conv = self.local(qkv[:, 2 * channels:])
         # (B, 3C, H, W) -> (3, B, heads, HW, d), contiguous for the kernels
-        tokens = qkv.reshape(bsz, 3, self.num_heads, -1,
-                             height * width).permute(1, 0, 2, 4,
+        # explicit sizes (no -1), so that a batch of 0 images reshapes too
+        tokens = qkv.reshape(bsz, 3, self.num_heads,
+                             channels // self.num_heads, height * width).permute(1, 0, 2, 4,
                                                      3).contiguous()
         attn = container_attention(tokens[0], tokens[1], tokens[2])
         # (B, heads, HW, d) -> (B, C, H, W), channel = head * d + i
@@ -377,25 +378,21 @@ class ContainerLight(VitMixBackbone):
             raise ValueError(
                 f'ContainerLight: patch_padding must be one of '
                 f'{list(self.patch_paddings)}, got {patch_padding!r}')
-        if not 0 <= drop_path_rate < 1:
-            raise ValueError('ContainerLight: drop_path_rate must be in '
-                             f'[0, 1), got {drop_path_rate!r}')
         self.arch = arch
-        self.in_channels = in_channels
-        self.out_indices = normalize_out_indices(out_indices, self.num_stages)
-        self.frozen_stages = self.check_frozen_stages(frozen_stages)
-        self.norm_eval = norm_eval
-        self.with_cp = with_cp
+        dpr = self.init_common(
+            in_channels=in_channels,
+            out_indices=out_indices,
+            frozen_stages=frozen_stages,
+            norm_eval=norm_eval,
+            with_cp=with_cp,
+            drop_path_rate=drop_path_rate,
+            num_blocks=sum(arch['depth']))
         self.patch_padding = patch_padding
         self.embed_dims = list(arch['embed_dim'])
         # total stride: the smallest input that leaves stage 4 one pixel
         self.min_input_size = math.prod(arch['patch_size'])
 
         depths = arch['depth']
-        dpr = [
-            x.item()
-            for x in torch.linspace(0, drop_path_rate, sum(depths))
-        ]
         self.stages = nn.ModuleList()
         for i in range(self.num_stages):
             dims = self.embed_dims[i]
@@ -436,6 +433,8 @@ class ContainerLight(VitMixBackbone):
                 raise ValueError(
                     f'ContainerLight: arch[{key!r}] entries must be positive '
                     f'ints, got {arch[key]!r}')
+        check_numbers('ContainerLight', "arch['mlp_ratio']", arch['mlp_ratio'],
+                      low=0, low_open=True)
         heads = arch['num_heads']
         if not isinstance(heads, int) or heads < 1:
             raise ValueError(

@@ -43,7 +43,7 @@ from torch import Tensor
 from mmvitmix.ops.backends import check_backend
 from mmvitmix.ops.emsa import emsa_attention
 from mmvitmix.registry import MODELS
-from .base import (VitMixBackbone, check_all_consumed, normalize_out_indices,
+from .base import (VitMixBackbone, check_all_consumed, check_numbers,
                    strip_prefix_if_all, unwrap_state_dict)
 
 # --------------------------------------------------------------------------
@@ -137,14 +137,17 @@ class EMSA(nn.Module):
     def forward(self, x: Tensor, hw_shape: Tuple[int, int]) -> Tensor:
         bsz, num_tokens, channels = x.shape
         heads = self.num_heads
-        q = self.q(x).reshape(bsz, num_tokens, heads, -1).transpose(1, 2)
+        head_dims = channels // heads
+        # explicit sizes (no -1), so that a batch of 0 images reshapes too
+        q = self.q(x).reshape(bsz, num_tokens, heads,
+                              head_dims).transpose(1, 2)
         if self.sr_ratio > 1:
             x_ = x.transpose(1, 2).reshape(bsz, channels, *hw_shape)
             x_ = self.sr(x_).flatten(2).transpose(1, 2)
             x_ = self.sr_norm(x_)
         else:
             x_ = x
-        kv = self.kv(x_).reshape(bsz, -1, 2, heads, channels // heads)
+        kv = self.kv(x_).reshape(bsz, x_.shape[1], 2, heads, head_dims)
         k, v = kv.permute(2, 0, 3, 1, 4)
         if self.apply_transform:
             weight = self.transform_conv.weight.reshape(heads, heads)
@@ -336,20 +339,20 @@ class ResT(VitMixBackbone):
         arch = self.parse_arch(arch)
         self._check_arch(arch)
         self.arch = arch
-        self.in_channels = in_channels
-        self.out_indices = normalize_out_indices(out_indices, self.num_stages)
-        self.frozen_stages = self.check_frozen_stages(frozen_stages)
-        self.norm_eval = norm_eval
-        self.with_cp = with_cp
+        dpr = self.init_common(
+            in_channels=in_channels,
+            out_indices=out_indices,
+            frozen_stages=frozen_stages,
+            norm_eval=norm_eval,
+            with_cp=with_cp,
+            drop_path_rate=drop_path_rate,
+            num_blocks=sum(arch['depths']))
         embed_dims = arch['embed_dims']
         self.embed_dims = list(embed_dims)
 
         self.stem = ResTStem(in_channels, embed_dims[0], norm_cfg)
 
         depths = arch['depths']
-        # on the CPU even under a ``torch.device('meta')`` context
-        dpr = torch.linspace(
-            0, drop_path_rate, sum(depths), device='cpu').tolist()
         self.stages = nn.ModuleList()
         for i in range(self.num_stages):
             self.stages.append(
@@ -387,8 +390,13 @@ class ResT(VitMixBackbone):
                 raise ValueError(
                     f'ResT: arch[{key!r}] must be a list of '
                     f'{self.num_stages} entries, got {value!r}')
+        for key in ('embed_dims', 'num_heads', 'depths', 'sr_ratios'):
+            check_numbers('ResT', f'arch[{key!r}]', arch[key], integer=True,
+                          low=1)
+        check_numbers('ResT', "arch['mlp_ratios']", arch['mlp_ratios'], low=0,
+                      low_open=True)
         for dims, heads in zip(arch['embed_dims'], arch['num_heads']):
-            if heads < 1 or dims % heads:
+            if dims % heads:
                 raise ValueError(
                     f'ResT: embed_dims {dims} must split evenly into '
                     f'{heads} heads')

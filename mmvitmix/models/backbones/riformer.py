@@ -45,8 +45,8 @@ from mmengine.model.weight_init import trunc_normal_
 from torch import Tensor
 
 from mmvitmix.registry import MODELS
-from .base import (VitMixBackbone, check_all_consumed, normalize_out_indices,
-                   unwrap_state_dict)
+from .base import (VitMixBackbone, check_all_consumed, check_number,
+                   check_flag, check_numbers, unwrap_state_dict)
 
 # --------------------------------------------------------------------------
 # building blocks
@@ -335,25 +335,23 @@ class RIFormer(VitMixBackbone):
         arch = self.parse_arch(arch)
         self._check_arch(arch)
         self._check_norm_cfg(norm_cfg)
-        for name, rate in (('drop_rate', drop_rate), ('drop_path_rate',
-                                                      drop_path_rate)):
-            if not 0 <= rate < 1:
-                raise ValueError(f'RIFormer: {name} must be in [0, 1), got '
-                                 f'{rate!r}')
         self.arch = arch
-        self.in_channels = in_channels
-        self.out_indices = normalize_out_indices(out_indices, self.num_stages)
-        self.frozen_stages = self.check_frozen_stages(frozen_stages)
-        self.norm_eval = norm_eval
-        self.with_cp = with_cp
-        self.deploy = deploy
+        dpr = self.init_common(
+            in_channels=in_channels,
+            out_indices=out_indices,
+            frozen_stages=frozen_stages,
+            norm_eval=norm_eval,
+            with_cp=with_cp,
+            drop_path_rate=drop_path_rate,
+            num_blocks=sum(arch['layers']),
+            drop_rate=drop_rate)
+        self.deploy = check_flag('RIFormer', 'deploy', deploy)
         embed_dims = list(arch['embed_dims'])
         self.embed_dims = embed_dims
         layers = arch['layers']
 
         self.stem = nn.Conv2d(
             in_channels, embed_dims[0], 7, stride=4, padding=2)
-        dpr = torch.linspace(0, drop_path_rate, sum(layers)).tolist()
         self.stages = nn.ModuleList()
         for i in range(self.num_stages):
             start = sum(layers[:i])
@@ -389,13 +387,13 @@ class RIFormer(VitMixBackbone):
                 raise ValueError(
                     f'RIFormer: arch[{key!r}] must be a list of 4 entries '
                     f'(one per stage), got {value!r}')
-            if any(not v > 0 for v in value):
-                raise ValueError(f'RIFormer: arch[{key!r}] entries must be '
-                                 f'positive, got {value!r}')
         for key in ('layers', 'embed_dims'):
-            if any(not isinstance(v, int) for v in arch[key]):
-                raise ValueError(f'RIFormer: arch[{key!r}] entries must be '
-                                 f'ints, got {arch[key]!r}')
+            check_numbers('RIFormer', f'arch[{key!r}]', arch[key],
+                          integer=True, low=1)
+        check_numbers('RIFormer', "arch['mlp_ratios']", arch['mlp_ratios'],
+                      low=0, low_open=True)
+        check_number('RIFormer', "arch['layer_scale_init_value']",
+                     arch['layer_scale_init_value'], low=0)
 
     @staticmethod
     def _check_norm_cfg(norm_cfg: dict) -> None:

@@ -20,7 +20,6 @@ Official ImageNet checkpoints (``{'model': VisRetNet state_dict}``) are
 converted by :func:`convert_rmt`, at load time or with
 ``tools/model_converters/rmt2mmvitmix.py``.
 """
-import math
 from typing import Dict, List, Optional, Sequence, Union
 
 import torch
@@ -35,8 +34,8 @@ from torch import Tensor
 from mmvitmix.ops.backends import check_backend
 from mmvitmix.ops.retention import retention_attention
 from mmvitmix.registry import MODELS
-from .base import (VitMixBackbone, check_all_consumed, normalize_out_indices,
-                   strip_prefix_if_all, unwrap_state_dict)
+from .base import (VitMixBackbone, check_all_consumed, check_number,
+                   check_numbers, strip_prefix_if_all, unwrap_state_dict)
 
 # --------------------------------------------------------------------------
 # building blocks
@@ -129,10 +128,12 @@ class RetentionAttention(nn.Module):
         k = self.k_proj(x)
         v = self.v_proj(x)
         lepe = self.lepe(v)
-        # (B, H, W, C) -> (B, heads, H, W, D), views
-        q = q.view(bsz, height, width, self.num_heads, -1).permute(0, 3, 1, 2, 4)
-        k = k.view(bsz, height, width, self.num_heads, -1).permute(0, 3, 1, 2, 4)
-        v = v.view(bsz, height, width, self.num_heads, -1).permute(0, 3, 1, 2, 4)
+        # (B, H, W, C) -> (B, heads, H, W, D), views; explicit sizes, not
+        # -1, so that a batch of 0 images reshapes too
+        shape = (bsz, height, width, self.num_heads, self.key_dim)
+        q = q.view(shape).permute(0, 3, 1, 2, 4)
+        k = k.view(shape).permute(0, 3, 1, 2, 4)
+        v = v.view(shape).permute(0, 3, 1, 2, 4)
         # the seam scales k, rotates q and k (official: k * scaling, then
         # theta_shift of both) and runs the retention
         out = retention_attention(
@@ -363,11 +364,14 @@ class RMT(VitMixBackbone):
         arch = self.parse_arch(arch)
         self._check_arch(arch)
         self.arch = arch
-        self.in_channels = in_channels
-        self.out_indices = normalize_out_indices(out_indices, self.num_stages)
-        self.frozen_stages = self.check_frozen_stages(frozen_stages)
-        self.norm_eval = norm_eval
-        self.with_cp = with_cp
+        dpr = self.init_common(
+            in_channels=in_channels,
+            out_indices=out_indices,
+            frozen_stages=frozen_stages,
+            norm_eval=norm_eval,
+            with_cp=with_cp,
+            drop_path_rate=drop_path_rate,
+            num_blocks=sum(arch['depths']))
         embed_dims = arch['embed_dims']
         self.embed_dims = list(embed_dims)
 
@@ -385,8 +389,6 @@ class RMT(VitMixBackbone):
             build_norm_layer(norm_cfg, embed_dims[0])[1])
 
         depths = arch['depths']
-        dpr = torch.linspace(0, drop_path_rate, sum(depths),
-                             device='cpu').tolist()
         self.stages = nn.ModuleList()
         for i in range(self.num_stages):
             self.stages.append(
@@ -422,10 +424,24 @@ class RMT(VitMixBackbone):
         for key in ('embed_dims', 'depths', 'num_heads', 'init_values',
                     'heads_ranges', 'mlp_ratios', 'chunkwise_recurrents',
                     'layerscales'):
-            if len(arch[key]) != self.num_stages:
+            if not isinstance(arch[key], (list, tuple)) or len(
+                    arch[key]) != self.num_stages:
                 raise ValueError(
-                    f'RMT: arch[{key!r}] must have {self.num_stages} '
+                    f'RMT: arch[{key!r}] must be a list of {self.num_stages} '
                     f'entries, got {arch[key]!r}')
+        for key in ('embed_dims', 'depths', 'num_heads'):
+            check_numbers('RMT', f'arch[{key!r}]', arch[key], integer=True,
+                          low=1)
+        # log(1 - 2 ** -(init_value + range * h / heads)) needs a positive
+        # exponent for head 0
+        check_numbers('RMT', "arch['init_values']", arch['init_values'],
+                      low=0, low_open=True)
+        check_numbers('RMT', "arch['heads_ranges']", arch['heads_ranges'],
+                      low=0)
+        check_numbers('RMT', "arch['mlp_ratios']", arch['mlp_ratios'], low=0,
+                      low_open=True)
+        check_number('RMT', "arch['layer_init_values']",
+                     arch['layer_init_values'], low=0)
         for dims, heads in zip(arch['embed_dims'], arch['num_heads']):
             if dims % heads or (dims // heads) % 2:
                 raise ValueError(

@@ -494,7 +494,7 @@ def test_bad_arguments():
         RIFormer(arch=dict(TINY, pool_size=3))
     with pytest.raises(ValueError, match='4 entries'):
         RIFormer(arch=dict(TINY, layers=[1, 1, 1]))
-    with pytest.raises(ValueError, match='positive'):
+    with pytest.raises(ValueError, match=r"arch\['layers'\]\[1\] must be an int in >= 1, got 0"):
         RIFormer(arch=dict(TINY, layers=[1, 0, 1, 1]))
     with pytest.raises(TypeError, match="unknown argument.*'pool_size'"):
         RIFormer(arch=TINY, pool_size=3)
