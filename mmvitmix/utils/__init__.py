@@ -1,3 +1,7 @@
-from .checkpoint import allow_mmengine_checkpoints
+from .checkpoint import (allow_mmengine_checkpoints, check_output_path,
+                         checkpoint_damage, save_checkpoint_atomic)
 
-__all__ = ['allow_mmengine_checkpoints']
+__all__ = [
+    'allow_mmengine_checkpoints', 'check_output_path', 'checkpoint_damage',
+    'save_checkpoint_atomic'
+]

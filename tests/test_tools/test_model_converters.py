@@ -215,3 +215,50 @@ def test_rmt2mmvitmix_whole_model_mismatch_is_an_error(tmp_path):
     assert res.returncode != 0
     assert 'does not fit' in res.stderr and 'missing' in res.stderr
     assert not dst.exists()
+
+
+# ------------------------------------------------- input safety, atomicity
+@pytest.mark.parametrize('script', [
+    'rmt2mmvitmix.py', 'rest2mmvitmix.py', 'container2mmvitmix.py',
+    'riformer2mmvitmix.py'
+])
+def test_converter_refuses_to_overwrite_its_input(tmp_path, script):
+    src = tmp_path / 'official.pth'
+    torch.save({'model': {'x': torch.zeros(1)}}, src)
+    before = src.read_bytes()
+    link = tmp_path / 'link.pth'
+    link.symlink_to(src)
+    for dst in (src, link):
+        proc = _run(script, str(src), str(dst))
+        assert proc.returncode != 0
+        assert 'is the input file' in proc.stderr, proc.stderr[-2000:]
+    assert src.read_bytes() == before
+
+
+def test_converter_writes_atomically(tmp_path, monkeypatch):
+    """A failure while writing leaves the old target and no temporary."""
+    common = _load_common()
+    from mmvitmix.models.backbones.rmt import RMT, convert_rmt
+    src = tmp_path / 'official.pth'
+    torch.save({'model': RMT(arch='t').state_dict()}, src)
+    dst = tmp_path / 'out' / 'rmt_t.pth'
+    dst.parent.mkdir()
+    dst.write_bytes(b'previous result')
+
+    real_save = torch.save
+
+    def crash_half_way(obj, f, *args, **kwargs):
+        real_save({'partial': torch.zeros(1000)}, f)  # some bytes, then
+        raise KeyboardInterrupt('interrupted while saving')
+
+    monkeypatch.setattr(torch, 'save', crash_half_way)
+    with pytest.raises(KeyboardInterrupt):
+        common.convert_file(str(src), str(dst), convert_rmt)
+    assert dst.read_bytes() == b'previous result'
+    assert sorted(p.name for p in dst.parent.iterdir()) == ['rmt_t.pth']
+
+    monkeypatch.setattr(torch, 'save', real_save)
+    summary = common.convert_file(str(src), str(dst), convert_rmt)
+    assert summary['converted'] > 0
+    assert 'state_dict' in torch.load(dst, map_location='cpu')
+    assert sorted(p.name for p in dst.parent.iterdir()) == ['rmt_t.pth']

@@ -177,3 +177,15 @@ def test_demo_train_then_reparameterize(tmp_path):
                               weights_only=False)['state_dict']
     assert not any('token_mixer' in k for k in deploy_state)
     assert len(state) - len(deploy_state) == 2 * 12  # 12 blocks: w, b each
+
+
+def test_tool_never_overwrites_its_input(tmp_path, capsys):
+    tool = load_tool()
+    config = CONFIGS / 'riformer' / 'retinanet_riformer_s12_1x.py'
+    src = tmp_path / 'trained.pth'
+    src.write_bytes(b'precious')
+    for out in (src, tmp_path / '.' / 'trained.pth'):
+        code = tool.main([str(config), str(src), str(out)])
+        assert code == 1
+        assert 'is the input file' in capsys.readouterr().err
+    assert src.read_bytes() == b'precious'

@@ -29,7 +29,6 @@ import argparse
 import copy
 import os.path as osp
 import sys
-from pathlib import Path
 from typing import List, Optional
 
 import torch
@@ -185,6 +184,8 @@ def reparameterize(config: str,
     the outputs change by more than ``tol`` (nothing is written then)."""
     # scope from default_scope or the _base_ prefix, its modules registered,
     # mmvitmix.models and custom_imports imported (as tools/train.py does)
+    from mmvitmix.utils import check_output_path, save_checkpoint_atomic
+    check_output_path(out, [checkpoint, config])
     cfg = load_config(config, cfg_options)
     init_default_scope(cfg.default_scope)
     model = MODELS.build(cfg.model)
@@ -232,9 +233,11 @@ def reparameterize(config: str,
         reparameterized_from=osp.abspath(checkpoint),
         config=osp.abspath(config),
         reparameterize_max_rel_diff=rel)
-    out_path = Path(out)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({'state_dict': model.state_dict(), 'meta': meta}, out_path)
+    # a temporary file renamed at the end: never a half-written checkpoint
+    # under the target name, never the input overwritten
+    out_path = save_checkpoint_atomic(
+        {'state_dict': model.state_dict(), 'meta': meta}, out,
+        inputs=[checkpoint, config])
     summary['out'] = str(out_path)
     return summary
 
@@ -245,7 +248,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         summary = reparameterize(args.config, args.checkpoint, args.out,
                                  tuple(args.shape), args.tol, args.seed,
                                  args.cfg_options)
-    except RuntimeError as exc:
+    except (RuntimeError, ValueError) as exc:
         print(f'error: {exc}', file=sys.stderr)
         return 1
     modules = sorted(set(summary['switched']))

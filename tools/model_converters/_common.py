@@ -10,7 +10,8 @@ Each converter script is a few lines::
 
 :func:`main` reads ``SRC`` (an official release file, wrapped in ``model``
 or ``state_dict`` or flat), runs the backbone's pure converter, and writes
-``{'state_dict': converted, 'meta': {...}}`` to ``DST``, which
+``{'state_dict': converted, 'meta': {...}}`` to ``DST`` (atomically: a
+temporary file renamed at the end; ``DST`` may not be ``SRC``), which
 ``init_cfg=dict(type='Pretrained', checkpoint=DST)`` or mmengine's
 ``load_checkpoint`` read directly. It prints how many keys were converted and
 which source keys were dropped (classification heads, on purpose).
@@ -19,13 +20,13 @@ import argparse
 import os.path as osp
 import pickle
 import sys
-from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
 import torch
 
 try:
     from mmvitmix.models.backbones.base import unwrap_state_dict
+    from mmvitmix.utils import check_output_path, save_checkpoint_atomic
 except ImportError as exc:  # pragma: no cover - message for a bare checkout
     raise ImportError(
         'mmvitmix is not importable: install it (pip install -e .) or run '
@@ -65,6 +66,7 @@ def convert_file(src: str,
         source keys whose tensors no output tensor shares storage with) and
         ``dst``.
     """
+    check_output_path(dst, [src])
     ckpt = load_source(src, allow_pickle=allow_pickle)
     state = unwrap_state_dict(ckpt)
     converted = convert_fn(state)
@@ -80,15 +82,16 @@ def convert_file(src: str,
     dropped: List[str] = sorted(
         k for k, v in state.items() if isinstance(v, torch.Tensor)
         and v.numel() > 0 and v.untyped_storage().data_ptr() not in kept)
-    out_path = Path(dst)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
     meta = dict(
         source=osp.abspath(src),
         converter=f'{convert_fn.__module__}.{convert_fn.__name__}',
         num_source_keys=len(state),
         num_converted_keys=len(converted),
         dropped_keys=dropped)
-    torch.save({'state_dict': converted, 'meta': meta}, out_path)
+    # a temporary file renamed at the end: an interrupted run never leaves
+    # a half-written checkpoint under the target name
+    out_path = save_checkpoint_atomic({'state_dict': converted, 'meta': meta},
+                                      dst, inputs=[src])
     return dict(converted=len(converted), dropped=dropped, dst=str(out_path))
 
 

@@ -30,6 +30,7 @@ import torch
 from _common import load_source, main
 
 from mmvitmix.models.backbones.base import unwrap_state_dict
+from mmvitmix.utils import check_output_path, save_checkpoint_atomic
 from mmvitmix.models.backbones.rmt import (convert_rmt,
                                            convert_rmt_whole_model,
                                            is_whole_model)
@@ -66,6 +67,7 @@ def check_against(model, converted: dict, config: str) -> None:
 
 
 def convert_whole(args) -> dict:
+    check_output_path(args.dst, [args.src])
     state = unwrap_state_dict(load_source(args.src, args.allow_pickle))
     model = build_model(args.config) if args.config else None
     out_indices = model.backbone.out_indices if model is not None else None
@@ -75,15 +77,13 @@ def convert_whole(args) -> dict:
     kept = {v.untyped_storage().data_ptr() for v in converted.values()}
     dropped = sorted(k for k, v in state.items()
                      if v.untyped_storage().data_ptr() not in kept)
-    Path(args.dst).parent.mkdir(parents=True, exist_ok=True)
     meta = dict(source=osp.abspath(args.src),
                 converter='mmvitmix.models.backbones.rmt.'
                 'convert_rmt_whole_model',
                 config=args.config, num_source_keys=len(state),
                 num_converted_keys=len(converted), dropped_keys=dropped)
-    tmp = args.dst + '.part'
-    torch.save({'state_dict': converted, 'meta': meta}, tmp)
-    Path(tmp).replace(args.dst)
+    save_checkpoint_atomic({'state_dict': converted, 'meta': meta},
+                           args.dst, inputs=[args.src])
     print(f'whole model: converted {len(converted)} keys, dropped '
           f'{len(dropped)} -> {args.dst}' +
           (f' (checked against {args.config})' if args.config else ''))
