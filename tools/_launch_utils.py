@@ -277,3 +277,282 @@ def build_runner(cfg: Config):
         return Runner.from_cfg(cfg)
     from mmengine.registry import RUNNERS
     return RUNNERS.build(cfg)
+
+
+# ------------------------------------------------------------ reliability
+#: JSON annotation files up to this size are parsed completely before the
+#: run starts; larger ones get a cheap check (not truncated, an object)
+FULL_PARSE_LIMIT = 100 * 2**20
+
+
+def _dataset_cfgs(node, path: str):
+    """Yield ``(config path, dataset cfg)`` for a dataset and its wrapped
+    datasets (``dataset=`` of RepeatDataset & co., ``datasets=`` of
+    ConcatDataset)."""
+    if not isinstance(node, dict):
+        return
+    yield path, node
+    if isinstance(node.get('dataset'), dict):
+        yield from _dataset_cfgs(node['dataset'], f'{path}.dataset')
+    for i, child in enumerate(node.get('datasets') or []):
+        yield from _dataset_cfgs(child, f'{path}.datasets[{i}]')
+
+
+DATALOADERS = ('train_dataloader', 'val_dataloader', 'test_dataloader')
+
+
+def annotation_files(cfg: Config, loaders=DATALOADERS) -> List[tuple]:
+    """``(config path, dataset type, file)`` of every annotation file the
+    ``loaders`` of the config read (``data_root`` joined as mmengine's
+    ``BaseDataset`` does; empty ``ann_file`` skipped)."""
+    found = []
+    for loader in loaders:
+        loader_cfg = cfg.get(loader)
+        if not isinstance(loader_cfg, dict):
+            continue
+        for path, ds in _dataset_cfgs(loader_cfg.get('dataset'),
+                                      f'{loader}.dataset'):
+            ann_file = ds.get('ann_file')
+            if not ann_file or not isinstance(ann_file, str):
+                continue
+            if '://' in ann_file:  # remote backends: left to the dataset
+                continue
+            data_root = ds.get('data_root') or ''
+            if data_root and not osp.isabs(ann_file):
+                ann_file = osp.join(data_root, ann_file)
+            found.append((f'{path}.ann_file', ds.get('type'), ann_file))
+    return found
+
+
+def _json_problem(path: str, dataset_type) -> Optional[str]:
+    import json
+    size = osp.getsize(path)
+    if size > FULL_PARSE_LIMIT:
+        with open(path, 'rb') as f:
+            head = f.read(64).lstrip()
+            f.seek(max(size - 64, 0))
+            tail = f.read().rstrip()
+        if not head.startswith((b'{', b'[')) or not tail.endswith(
+            (b'}', b']')):
+            return ('it is not a complete JSON document (truncated?): it '
+                    'does not start with { or [ and end with } or ]')
+        return None
+    try:
+        with open(path, encoding='utf-8') as f:
+            data = json.load(f)
+    except (UnicodeDecodeError, ValueError) as exc:
+        return f'it is not valid JSON ({exc})'
+    if 'coco' in str(dataset_type).lower():
+        if not isinstance(data, dict):
+            return (f'a COCO annotation file must hold a JSON object, this '
+                    f'one holds a {type(data).__name__}')
+        missing = [k for k in ('images', 'categories') if k not in data]
+        if missing:
+            return f'a COCO annotation file needs the keys {missing}'
+    return None
+
+
+def check_annotation_files(cfg: Config, loaders=DATALOADERS) -> int:
+    """Fail before the run starts on a missing, empty or malformed
+    annotation file, naming the file and the config entry.
+
+    JSON files are parsed (completely up to :data:`FULL_PARSE_LIMIT`, else
+    checked for truncation); COCO files must hold ``images`` and
+    ``categories``. Other formats (e.g. the text split lists of mmseg and
+    mmpretrain) must exist and be non-empty.
+
+    Args:
+        cfg (Config): the config.
+        loaders (Sequence[str]): the dataloaders the run builds (training:
+            train and val; testing: test).
+
+    Returns:
+        int: how many files were checked.
+    """
+    files = annotation_files(cfg, loaders)
+    for entry, dataset_type, path in files:
+        where = f'{entry} of {dataset_type}'
+        if not osp.isfile(path):
+            raise FileNotFoundError(
+                f'annotation file {path!r} ({where}) does not exist' +
+                (' (it is a folder)' if osp.isdir(path) else ''))
+        if osp.getsize(path) == 0:
+            raise ValueError(f'annotation file {path!r} ({where}) is empty '
+                             '(0 bytes)')
+        if path.lower().endswith('.json'):
+            problem = _json_problem(path, dataset_type)
+            if problem:
+                raise ValueError(f'annotation file {path!r} ({where}) is '
+                                 f'malformed: {problem}')
+    return len(files)
+
+
+def _checkpoint_number(path: str) -> int:
+    stem = osp.splitext(osp.basename(path))[0]
+    digits = stem.rpartition('_')[2]
+    return int(digits) if digits.isdigit() else -1
+
+
+def resume_candidates(work_dir: str) -> List[str]:
+    """Checkpoints of ``work_dir``, newest first: the one its
+    ``last_checkpoint`` file names, then ``*.pth`` by modification time
+    (ties: by the number in ``iter_N`` / ``epoch_N``)."""
+    import glob
+    files = sorted(
+        glob.glob(osp.join(work_dir, '*.pth')),
+        key=lambda p: (osp.getmtime(p), _checkpoint_number(p)),
+        reverse=True)
+    last_file = osp.join(work_dir, 'last_checkpoint')
+    if osp.isfile(last_file):
+        with open(last_file) as f:
+            named = f.read().strip()
+        if named:
+            if not osp.isabs(named) and not osp.exists(named):
+                named = osp.join(work_dir, osp.basename(named))
+            files = [named] + [
+                p for p in files if osp.abspath(p) != osp.abspath(named)
+            ]
+    return files
+
+
+def choose_resume_checkpoint(work_dir: str,
+                             requested: Optional[str] = None
+                             ) -> Optional[str]:
+    """The checkpoint to resume from, checked to be readable.
+
+    ``requested`` (``--resume PATH``) must be readable, else a
+    ``RuntimeError`` names it, the reason and the readable alternatives.
+    Without it (``--resume``) the newest readable checkpoint of
+    ``work_dir`` is taken; each damaged one skipped on the way (e.g.
+    truncated by a crash while saving) is named in a warning. None when
+    ``work_dir`` holds no checkpoint (training starts from the beginning).
+    """
+    from mmvitmix.utils import checkpoint_damage
+    if requested is not None:
+        damage = checkpoint_damage(requested)
+        if damage is None:
+            return requested
+        good = [
+            p for p in resume_candidates(osp.dirname(requested) or '.')
+            if osp.abspath(p) != osp.abspath(requested)
+            and checkpoint_damage(p) is None
+        ]
+        raise RuntimeError(
+            f'cannot resume from {requested!r}: the checkpoint is damaged '
+            f'({damage}). Readable checkpoints beside it: '
+            f'{good or "none"}')
+    damaged = []
+    for path in resume_candidates(work_dir):
+        damage = checkpoint_damage(path)
+        if damage is None:
+            if damaged:
+                _log(f'resuming from {path}, the newest readable checkpoint',
+                     level=30)
+            return path
+        damaged.append(path)
+        _log(f'skipping damaged checkpoint {path}: {damage}', level=30)
+    if damaged:
+        raise RuntimeError(
+            f'no readable checkpoint to resume from in {work_dir!r}: every '
+            f'one is damaged: {damaged}')
+    return None
+
+
+def enable_cpu_amp(cfg: Config) -> bool:
+    """Let ``AmpOptimWrapper`` configs train on a machine without an
+    accelerator, as configured, with bfloat16 autocast.
+
+    mmengine 0.10's ``AmpOptimWrapper`` asserts that CUDA (or NPU / MLU /
+    MUSA) is available, although its autocast context supports the CPU
+    (bfloat16 only) and torch's GradScaler disables itself without CUDA
+    (bfloat16 keeps float32's exponent range, so no loss scaling is
+    needed). Without an accelerator this relaxes that one check, in this
+    process only, and says so; a ``dtype`` other than bfloat16 is an
+    error. The wrapper type and its arguments stay as configured.
+
+    Returns:
+        bool: whether the CPU path was enabled.
+    """
+    wrapper = cfg.get('optim_wrapper')
+    if not isinstance(wrapper, dict) or wrapper.get(
+            'type') != 'AmpOptimWrapper':
+        return False
+    from mmengine.device import (is_cuda_available, is_mlu_available,
+                                 is_musa_available, is_npu_available)
+    if (is_cuda_available() or is_npu_available() or is_mlu_available()
+            or is_musa_available()):
+        return False
+    dtype = wrapper.get('dtype')
+    if dtype not in (None, 'bfloat16', torch.bfloat16):
+        raise ValueError(
+            f'optim_wrapper.dtype={dtype!r}: without an accelerator '
+            'AmpOptimWrapper runs CPU autocast, which takes bfloat16 only; '
+            "set optim_wrapper.dtype='bfloat16' or leave it unset")
+    from mmengine.optim.optimizer import amp_optimizer_wrapper
+    amp_optimizer_wrapper.is_cuda_available = lambda: True
+    patched = _float_mmcv_cpu_ops()
+    _log('no accelerator: AmpOptimWrapper runs with bfloat16 autocast on the '
+         f'CPU; its loss scaling (loss_scale={wrapper.get("loss_scale")!r}) '
+         'is disabled by torch without CUDA, which bfloat16 does not need; '
+         f'mmcv CPU ops without bfloat16 kernels run in float32: {patched}',
+         level=30)
+    return True
+
+
+def _float32_inputs(fn, name: str):
+    """``fn`` with its bfloat16 CPU tensor arguments cast to float32 and
+    its floating outputs cast back to bfloat16."""
+    import functools
+    if getattr(fn, '_mmvitmix_float32', False):
+        return fn
+
+    def cast(value):
+        if (isinstance(value, torch.Tensor) and value.dtype == torch.bfloat16
+                and value.device.type == 'cpu'):
+            return value.float()
+        return value
+
+    def back(value):
+        if isinstance(value, torch.Tensor) and value.is_floating_point():
+            return value.to(torch.bfloat16)
+        if isinstance(value, tuple):
+            return tuple(back(v) for v in value)
+        return value
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        values = list(args) + list(kwargs.values())
+        if not any(cast(v) is not v for v in values):
+            return fn(*args, **kwargs)
+        out = fn(*[cast(a) for a in args],
+                 **{k: cast(v)
+                    for k, v in kwargs.items()})
+        # floating outputs in the inputs' dtype, as the CUDA kernels give
+        return back(out)
+
+    wrapper._mmvitmix_float32 = True
+    return wrapper
+
+
+def _float_mmcv_cpu_ops() -> List[str]:
+    """Make mmcv's CPU ops that detectors call under autocast take
+    bfloat16 inputs (as their CUDA kernels take half).
+
+    mmcv 2.1's CPU kernels of ``nms`` (RPN proposals, test-time NMS) and
+    ``roi_align`` (RoI heads) dispatch on float32 only ("expected scalar type
+    Float but found BFloat16"); they are pybind functions that autocast does
+    not know. Their module-level entry points, which mmcv's ``batched_nms``
+    and ``RoIAlign`` look up at call time, compute in float32 and return
+    bfloat16, as the CUDA kernels return the dtype they were given.
+    """
+    patched = []
+    import sys
+    try:
+        import mmcv.ops  # noqa: F401  (mmcv.ops.nms is also a function)
+    except ImportError:  # mmcv without its ops: nothing to adapt
+        return patched
+    for name in ('nms', 'roi_align'):
+        module = sys.modules[f'mmcv.ops.{name}']
+        setattr(module, name, _float32_inputs(getattr(module, name), name))
+        patched.append(f'mmcv.ops.{name}')
+    return patched

@@ -18,7 +18,8 @@ sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
 
 from mmengine.config import DictAction  # noqa: E402
 
-from _launch_utils import (LAUNCHERS, build_runner, load_config,  # noqa: E402
+from _launch_utils import (LAUNCHERS, build_runner,  # noqa: E402
+                           check_annotation_files, load_config,
                            prepare_cpu_distributed, set_local_rank,
                            set_work_dir)
 
@@ -115,7 +116,14 @@ def main(argv=None):
     if not osp.isfile(args.checkpoint) and '://' not in args.checkpoint:
         raise FileNotFoundError(
             f'checkpoint {args.checkpoint!r} does not exist')
+    if '://' not in args.checkpoint:
+        from mmvitmix.utils import checkpoint_damage
+        damage = checkpoint_damage(args.checkpoint)
+        if damage is not None:
+            raise RuntimeError(f'checkpoint {args.checkpoint!r} is damaged '
+                               f'({damage})')
     cfg.load_from = args.checkpoint
+    check_annotation_files(cfg, ['test_dataloader'])
     if args.show or args.show_dir:
         trigger_visualization(cfg, args)
     if args.out is not None and cfg.default_scope == 'mmseg':

@@ -6,8 +6,8 @@ selects the library. Examples::
 
     python tools/train.py configs/.../mask-rcnn_rmt-t_fpn_1x_coco.py
     bash tools/dist_train.sh CONFIG 8 --amp
-    python tools/train.py CONFIG --resume                # latest in work_dir
-    python tools/train.py CONFIG --resume PATH.pth
+    python tools/train.py CONFIG --resume                # latest readable
+    python tools/train.py CONFIG --resume PATH.pth       # in work_dir
     python tools/train.py CONFIG --cfg-options train_cfg.max_iters=100
 """
 import argparse
@@ -18,7 +18,9 @@ sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
 
 from mmengine.config import DictAction  # noqa: E402
 
-from _launch_utils import (LAUNCHERS, build_runner, load_config,  # noqa: E402
+from _launch_utils import (LAUNCHERS, build_runner,  # noqa: E402
+                           check_annotation_files, choose_resume_checkpoint,
+                           enable_cpu_amp, load_config,
                            prepare_cpu_distributed, set_local_rank,
                            set_work_dir)
 
@@ -36,13 +38,14 @@ def parse_args(argv=None):
         nargs='?',
         type=str,
         const='auto',
-        help='resume from this checkpoint; without a path, from the latest '
-        'checkpoint in the work_dir')
+        help='resume from this checkpoint; without a path, from the newest '
+        'readable checkpoint in the work_dir (damaged ones, e.g. truncated '
+        'by a crash while saving, are named and skipped)')
     parser.add_argument(
         '--amp',
         action='store_true',
         help='automatic mixed precision (AmpOptimWrapper, dynamic loss '
-        'scale)')
+        'scale; without a GPU: bfloat16 autocast on the CPU)')
     parser.add_argument(
         '--auto-scale-lr',
         action='store_true',
@@ -93,21 +96,26 @@ def apply_train_args(cfg, args) -> None:
                 'the learning rate was tuned for)')
         auto.enable = True
 
-    if args.resume == 'auto':
-        cfg.resume = True
-        cfg.load_from = None
-    elif args.resume is not None:
-        if not osp.isfile(args.resume):
+    if args.resume is not None:
+        requested = None if args.resume == 'auto' else args.resume
+        if requested is not None and not osp.isfile(requested):
             raise FileNotFoundError(
-                f'--resume checkpoint {args.resume!r} does not exist')
+                f'--resume checkpoint {requested!r} does not exist')
+        # every candidate is read before the run: a checkpoint truncated by
+        # a crash while saving is named and skipped (auto) or refused (PATH)
         cfg.resume = True
-        cfg.load_from = args.resume
+        cfg.load_from = choose_resume_checkpoint(cfg.work_dir, requested)
 
 
 def main(argv=None):
     args = parse_args(argv)
     cfg = load_config(args.config, args.cfg_options, args.launcher)
     apply_train_args(cfg, args)
+    loaders = ['train_dataloader']
+    if cfg.get('val_cfg') is not None:
+        loaders.append('val_dataloader')
+    check_annotation_files(cfg, loaders)
+    enable_cpu_amp(cfg)
     prepare_cpu_distributed(cfg)
     runner = build_runner(cfg)
     runner.train()

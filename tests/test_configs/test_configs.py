@@ -524,3 +524,83 @@ def test_config_train_and_test_step(path):
         preds = model.test_step(make_batch(scope, num_classes, with_mask))
     check_predictions(scope, preds, num_classes, with_mask,
                       cfg.model.get('test_cfg'))
+
+
+# --------------------------------------------------------------------------
+# mixed precision on the CPU: the AmpOptimWrapper as configured
+# --------------------------------------------------------------------------
+#: one config per family; the first, second and fourth configure
+#: AmpOptimWrapper themselves (dynamic / static loss scale), the others get
+#: it from ``tools/train.py --amp``
+AMP_CONFIGS = [
+    'rmt/retinanet_rmt_t_1x.py',
+    'rmt/maskrcnn_rmt_s_3x.py',
+    'rmt/fpn_rmt_t_80k_ade20k.py',
+    'rmt/upernet_rmt_s_160k_ade20k.py',
+    'riformer/riformer_s12_in1k_cls.py',
+]
+
+
+@pytest.mark.parametrize('name', AMP_CONFIGS)
+def test_config_amp_train_step_on_cpu(name, monkeypatch, tmp_path):
+    """``--amp`` on a machine without a GPU: the config's AmpOptimWrapper is
+    built as configured (not replaced), the step runs under bfloat16
+    autocast, losses are finite and the weights move."""
+    import argparse
+    import sys
+    sys.path.insert(0, str(REPO_ROOT / 'tools'))
+    from mmengine.optim.optimizer import amp_optimizer_wrapper
+    from train import apply_train_args
+
+    from _launch_utils import enable_cpu_amp
+    if torch.cuda.is_available():
+        pytest.skip('checks the CPU path of AmpOptimWrapper')
+    # enable_cpu_amp relaxes a module global of mmengine: restore it after
+    monkeypatch.setattr(amp_optimizer_wrapper, 'is_cuda_available',
+                        amp_optimizer_wrapper.is_cuda_available)
+
+    path = CONFIG_ROOT / name
+    cfg = load_config(path)
+    configured = copy.deepcopy(cfg.optim_wrapper)
+    apply_train_args(
+        cfg,
+        argparse.Namespace(
+            work_dir=str(tmp_path), config=str(path), amp=True,
+            auto_scale_lr=False, resume=None))
+    assert cfg.optim_wrapper.type == 'AmpOptimWrapper'
+    if configured.get('type') == 'AmpOptimWrapper':
+        assert cfg.optim_wrapper == configured, 'the config was changed'
+    assert enable_cpu_amp(cfg)
+
+    scope = cfg.default_scope
+    check_and_drop_pretrained(cfg, path)
+    shrink_seg_preprocessor(cfg)
+    shrink_det_sampling(cfg)
+    torch.manual_seed(0)
+    model = MODELS.build(cfg.model)
+    model.init_weights()
+    model.train()
+    optim_wrapper = build_optim_wrapper(model, cfg.optim_wrapper)
+    assert type(optim_wrapper) is AmpOptimWrapper
+    if 'loss_scale' in configured:
+        assert not optim_wrapper.loss_scaler.is_enabled()
+
+    dtypes = []
+    conv = next(m for m in model.backbone.modules()
+                if isinstance(m, torch.nn.Conv2d))
+    handle = conv.register_forward_hook(
+        lambda mod, inp, out: dtypes.append(out.dtype))
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    with_mask = scope == 'mmdet' and bool(getattr(model, 'with_mask', False))
+    log_vars = model.train_step(
+        make_batch(scope, num_classes_of(cfg), with_mask), optim_wrapper)
+    handle.remove()
+    assert dtypes and dtypes[0] == torch.bfloat16, dtypes
+    for key, value in log_vars.items():
+        assert math.isfinite(float(value)), f'{key} = {value}'
+    moved = [
+        n for n, p in model.named_parameters()
+        if not torch.equal(p.detach(), before[n])
+    ]
+    assert len(moved) > 0.5 * len(before), (
+        f'only {len(moved)} of {len(before)} parameters changed')

@@ -202,7 +202,8 @@ def test_train_args(tmp_path):
     assert cfg.resume is True and cfg.load_from is None
     assert cfg.work_dir == os.path.join('./work_dirs', 'cfg')
 
-    ckpt = _write(tmp_path / 'epoch_1.pth', 'x')
+    ckpt = tmp_path / 'epoch_1.pth'
+    torch.save({'state_dict': {'w': torch.zeros(2)}}, ckpt)
     cfg = _train_cfg(auto_scale_lr=dict(enable=False, base_batch_size=16))
     args = train_tool.parse_args(
         ['cfg.py', '--resume', str(ckpt), '--auto-scale-lr', '--work-dir',
@@ -211,6 +212,14 @@ def test_train_args(tmp_path):
     assert cfg.resume is True and cfg.load_from == str(ckpt)
     assert cfg.auto_scale_lr.enable is True
     assert cfg.work_dir == str(tmp_path)
+
+    # a damaged checkpoint is named, not resumed from
+    damaged = _write(tmp_path / 'epoch_2.pth', 'x')
+    with pytest.raises(RuntimeError, match=r"cannot resume from '.*epoch_2"
+                       r".pth': the checkpoint is damaged.*epoch_1.pth"):
+        train_tool.apply_train_args(
+            _train_cfg(),
+            train_tool.parse_args(['cfg.py', '--resume', str(damaged)]))
 
     with pytest.raises(ValueError, match='base_batch_size'):
         train_tool.apply_train_args(
