@@ -1,4 +1,5 @@
 """Attention seams of mmvitmix: dispatchers, PyTorch references, kernels."""
+from . import flops  # noqa: F401  (FLOP formulas of the seams' ops)
 from .emsa import emsa_attention, emsa_attention_pytorch
 from .retention import (retention_1d, retention_1d_pytorch, retention_2d,
                         retention_2d_pytorch, retention_attention)

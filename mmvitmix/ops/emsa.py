@@ -177,5 +177,8 @@ def _register_library() -> None:
         return (torch.empty_like(q), torch.empty_like(k), torch.empty_like(v),
                 weight.new_empty(weight.shape), bias.new_empty(bias.shape))
 
+    from .flops import register_torch_formulas
+    register_torch_formulas()  # FLOP formula of the compiled op
+
     torch.library.register_autograd(
         'mmvitmix::emsa_forward', _backward, setup_context=_setup_context)

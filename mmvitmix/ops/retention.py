@@ -452,6 +452,9 @@ def _register_library() -> None:
         return (torch.empty_like(q), torch.empty_like(k), torch.empty_like(v),
                 log_decay.new_empty(log_decay.shape))
 
+    from .flops import register_torch_formulas
+    register_torch_formulas()  # FLOP formula of the compiled op
+
     torch.library.register_autograd(
         'mmvitmix::retention_forward', _backward,
         setup_context=_setup_context)

@@ -1,0 +1,202 @@
+"""FLOP formulas of the attention seams, for the two counters in use.
+
+mmengine's ``FlopAnalyzer`` (``mmengine.analysis``, what MMDetection's and
+MMSegmentation's ``tools/analysis_tools/get_flops.py`` call; fvcore's
+counting rules) and ``torch.utils.flop_counter.FlopCounterMode`` count only
+the ops they have a formula for; without the ones below they count 0 for
+every attention backend but the reference, so a model's count depended on
+the backend that ran.
+
+The formulas make every backend count what the plain-PyTorch reference of
+the seam counts (its two matmuls; the decay bias, rotary shift, softmax and
+EMSA's normalisation are elementwise and neither counter counts them):
+
+* retention (``mmvitmix::retention_forward``, and SDPA / FlexAttention with
+  the decay as a mask): ``q·kᵀ`` and ``P·v`` over every sequence,
+  ``B·heads·S·L·L·(Dk + Dv)`` multiply-adds for ``S`` sequences of ``L``
+  tokens (the W and H passes of decomposed ReSA are two such calls).
+* EMSA (``mmvitmix::emsa_forward``, head-mixed): the same two matmuls
+  ``B·heads·N·M·(Dk + Dv)`` plus the 1×1 mixing across heads,
+  ``B·heads·heads·N·M``.
+
+Units follow each counter: mmengine counts one per multiply-add (MACs, as
+fvcore), ``torch.utils.flop_counter`` two (FLOPs).
+
+Registered on import (``mmvitmix.ops`` imports this module):
+
+* mmengine: handles for ``aten::scaled_dot_product_attention``,
+  ``mmvitmix::retention_forward`` and ``mmvitmix::emsa_forward`` are added
+  to the defaults every new ``FlopAnalyzer`` starts from (so mmdet's and
+  mmseg's tools count them once a config's ``custom_imports`` has loaded
+  mmvitmix). Under ``torch.jit.trace`` (which the analyzer uses) the seams
+  run SDPA or the reference (:func:`mmvitmix.ops.backends.export_safe`).
+* torch: formulas for torch's CPU flash-attention op (torch registers the
+  CUDA ones itself) and, once the extension has loaded, for the two
+  compiled ops (:func:`register_torch_formulas`, called again by the op
+  modules when they register their fake kernels). ``FlopCounterMode``
+  copies the formula registry when it is constructed: call
+  ``register_torch_formulas(load_ext=True)`` before constructing one.
+
+FlexAttention (compiled) cannot run under ``FlopCounterMode`` in torch 2.13
+on CPU; under the mmengine analyzer it gives way to SDPA like every
+non-standard backend.
+"""
+from math import prod
+from typing import Any, List, Optional, Sequence
+
+import torch
+
+__all__ = [
+    'retention_macs', 'emsa_macs', 'sdpa_macs', 'register_torch_formulas',
+    'register_mmengine_handles', 'MMENGINE_HANDLES'
+]
+
+
+def sdpa_macs(q_shape: Sequence[int], k_shape: Sequence[int],
+              v_shape: Sequence[int]) -> int:
+    """Multiply-adds of ``softmax(q·kᵀ)·v`` on (..., L, D) tensors."""
+    batch = prod(q_shape[:-2])
+    lq, dk = q_shape[-2], q_shape[-1]
+    lk, dv = k_shape[-2], v_shape[-1]
+    return batch * lq * lk * (dk + dv)
+
+
+def retention_macs(q_shape: Sequence[int], k_shape: Sequence[int],
+                   v_shape: Sequence[int]) -> int:
+    """Multiply-adds of one fused retention call on (B, heads, S, L, D)
+    tensors (1-D over L, or 2-D over L = H·W tokens: the same count)."""
+    return sdpa_macs(q_shape, k_shape, v_shape)
+
+
+def emsa_macs(q_shape: Sequence[int], k_shape: Sequence[int],
+              v_shape: Sequence[int], mixed: bool = True) -> int:
+    """Multiply-adds of one EMSA core on (B, heads, N, D) queries and
+    (B, heads, M, D) keys / values; ``mixed``: with the head mixing."""
+    macs = sdpa_macs(q_shape, k_shape, v_shape)
+    if mixed:
+        batch, heads, n = q_shape[:3]
+        macs += batch * heads * heads * n * k_shape[-2]
+    return macs
+
+
+# --------------------------------------------------------------------------
+# torch.utils.flop_counter (2 FLOPs per multiply-add)
+# --------------------------------------------------------------------------
+
+_TORCH_DONE = set()
+
+
+def _register_torch(target, formula) -> None:
+    from torch.utils.flop_counter import flop_registry, register_flop_formula
+    if target in flop_registry:
+        return
+    register_flop_formula(target)(formula)
+
+
+def _sdpa_cpu_flop(query_shape, key_shape, value_shape, *args,
+                   out_shape=None, **kwargs) -> int:
+    return 2 * sdpa_macs(query_shape, key_shape, value_shape)
+
+
+def _sdpa_cpu_backward_flop(grad_out_shape, query_shape, key_shape,
+                            value_shape, *args, out_shape=None,
+                            **kwargs) -> int:
+    from torch.utils.flop_counter import sdpa_backward_flop_count
+    return sdpa_backward_flop_count(grad_out_shape, query_shape, key_shape,
+                                    value_shape)
+
+
+def _retention_flop(q_shape, k_shape, v_shape, *args, out_shape=None,
+                    **kwargs) -> int:
+    return 2 * retention_macs(q_shape, k_shape, v_shape)
+
+
+def _emsa_flop(q_shape, k_shape, v_shape, *args, out_shape=None,
+               **kwargs) -> int:
+    return 2 * emsa_macs(q_shape, k_shape, v_shape, mixed=True)
+
+
+def register_torch_formulas(load_ext: bool = False) -> None:
+    """Register the formulas with ``torch.utils.flop_counter`` (idempotent;
+    the compiled ops only once the extension has defined them).
+
+    ``FlopCounterMode`` copies the registry when it is constructed: call
+    this with ``load_ext=True`` before constructing one, so that the fused
+    ops are counted even when the extension has not been used yet (it loads
+    the extension if it was built; importing mmvitmix never does).
+    """
+    if load_ext:
+        from . import emsa, retention
+        for module in (retention, emsa):
+            try:
+                module._fused_op()  # loads the ext, registers fake kernels
+            except RuntimeError:
+                pass  # extension not built: nothing to count
+    aten = torch.ops.aten
+    if 'sdpa_cpu' not in _TORCH_DONE:
+        for name, formula in (
+            ('_scaled_dot_product_flash_attention_for_cpu', _sdpa_cpu_flop),
+            ('_scaled_dot_product_flash_attention_for_cpu_backward',
+             _sdpa_cpu_backward_flop)):
+            if hasattr(aten, name):
+                _register_torch(getattr(aten, name), formula)
+        _TORCH_DONE.add('sdpa_cpu')
+    ops = torch.ops.mmvitmix
+    for name, formula in (('retention_forward', _retention_flop),
+                          ('emsa_forward', _emsa_flop)):
+        if name in _TORCH_DONE:
+            continue
+        try:
+            target = getattr(ops, name)
+        except (AttributeError, RuntimeError):
+            continue  # extension not loaded (yet)
+        _register_torch(target, formula)
+        _TORCH_DONE.add(name)
+
+
+# --------------------------------------------------------------------------
+# mmengine FlopAnalyzer (jit handles; 1 per multiply-add, as fvcore)
+# --------------------------------------------------------------------------
+
+
+def _shape(value) -> Optional[List[int]]:
+    from mmengine.analysis.jit_handles import get_shape
+    return get_shape(value)
+
+
+def _sdpa_handle(inputs: List[Any], outputs: List[Any]) -> int:
+    return sdpa_macs(_shape(inputs[0]), _shape(inputs[1]), _shape(inputs[2]))
+
+
+def _retention_handle(inputs: List[Any], outputs: List[Any]) -> int:
+    return retention_macs(
+        _shape(inputs[0]), _shape(inputs[1]), _shape(inputs[2]))
+
+
+def _emsa_handle(inputs: List[Any], outputs: List[Any]) -> int:
+    return emsa_macs(
+        _shape(inputs[0]), _shape(inputs[1]), _shape(inputs[2]), mixed=True)
+
+
+MMENGINE_HANDLES = {
+    'aten::scaled_dot_product_attention': _sdpa_handle,
+    'mmvitmix::retention_forward': _retention_handle,
+    'mmvitmix::emsa_forward': _emsa_handle,
+}
+
+
+def register_mmengine_handles() -> bool:
+    """Add :data:`MMENGINE_HANDLES` to the ops every new mmengine
+    ``FlopAnalyzer`` counts (idempotent). False if mmengine is missing."""
+    try:
+        from mmengine.analysis import complexity_analysis
+    except ImportError:
+        return False
+    defaults = complexity_analysis._DEFAULT_SUPPORTED_FLOP_OPS
+    for name, handle in MMENGINE_HANDLES.items():
+        defaults.setdefault(name, handle)
+    return True
+
+
+register_torch_formulas()
+register_mmengine_handles()

@@ -1,0 +1,82 @@
+"""tools/analysis_tools/get_flops.py: counts against the official model's
+count, the same number with every attention backend, and the mmdet /
+mmseg API path (mmengine.analysis.get_model_complexity_info on a model
+built from our configs, as their get_flops tools do; those scripts are not
+installed with the pip packages)."""
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from mmvitmix.ops._dispatch import load_ext
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / 'tools' / 'analysis_tools'))
+import get_flops  # noqa: E402
+
+BACKENDS = ['reference', 'sdpa', 'flex', 'auto'] + (['fused']
+                                                     if load_ext() else [])
+
+
+def test_rmt_t_equals_the_official_fvcore_count():
+    """qhfan/RMT's RMT_T3 under fvcore.nn.FlopCountAnalysis (the authors'
+    counter) at 224x224 counts 2,650,617,856 with 14,334,216 params
+    (measured on the official classfication_release/RMT.py); 2.47 in 2^30
+    units, the paper's 2.5G."""
+    macs, params = get_flops.main(['RMT', '--arch', 't'])
+    assert params == 14_334_216
+    assert macs == 2_650_617_856
+    assert round(macs / 2**30, 1) == 2.5
+
+
+TINY = {
+    'RMT': dict(embed_dims=[16, 32, 32, 32], depths=[1, 1, 1, 1],
+                num_heads=[2, 2, 2, 2], init_values=[2, 2, 2, 2],
+                heads_ranges=[4, 4, 4, 4], mlp_ratios=[2, 2, 2, 2],
+                chunkwise_recurrents=[True, True, False, False]),
+    'ResT': dict(embed_dims=[16, 32, 32, 32], num_heads=[1, 2, 2, 2],
+                 mlp_ratios=[2, 2, 2, 2], qkv_bias=True, depths=[1, 1, 1, 1],
+                 sr_ratios=[8, 4, 2, 1], apply_transform=True),
+}
+
+
+@pytest.mark.parametrize('kind', ['RMT', 'ResT'])
+def test_every_backend_counts_the_same(kind):
+    x = torch.rand(1, 3, 64, 64)
+    counts = {
+        b: get_flops.count(get_flops.build_classifier(kind, TINY[kind], b),
+                           x)[0]
+        for b in BACKENDS
+    }
+    assert len(set(counts.values())) == 1, counts
+
+
+def test_torch_counter_every_backend():
+    x = torch.rand(1, 3, 64, 64)
+    counts = {
+        b: get_flops.count(get_flops.build_classifier('RMT', TINY['RMT'], b),
+                           x, 'torch')[0]
+        for b in BACKENDS if b != 'flex'
+    }
+    assert len(set(counts.values())) == 1, counts
+
+
+@pytest.mark.parametrize('config,shape', [
+    ('configs/demo/fpn_rmt_t_demo_ade.py', (128, 128)),
+    ('configs/demo/maskrcnn_rmt_t_demo.py', (128, 160)),
+])
+def test_configs_through_the_mmdet_mmseg_api_path(config, shape):
+    counts = set()
+    for backend in ('reference', 'sdpa'):
+        model, inputs, task, used = get_flops.build_from_config(
+            str(ROOT / config), shape, backend)
+        assert used == shape and tuple(inputs.shape[-2:]) == shape
+        macs, params = get_flops.count(model, inputs)
+        counts.add(macs)
+    assert len(counts) == 1, counts
+    # more than the backbone alone at the same input
+    kind, arch = ('ResT', 'small') if 'rest' in config else ('RMT', 't')
+    backbone = get_flops.build_classifier(kind, arch).backbone
+    alone, _ = get_flops.count(backbone, torch.rand(1, 3, *shape))
+    assert counts.pop() > alone > 0
