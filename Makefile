@@ -1,6 +1,6 @@
 PYTHON ?= python3
 
-.PHONY: env demo test data
+.PHONY: env demo test test-fast data
 
 # install the OpenMMLab stack and this package (idempotent)
 env:
@@ -13,6 +13,10 @@ demo: env
 # the test suite
 test: env
 	$(PYTHON) -m pytest tests/ -q
+
+# the day-to-day loop: everything but the tests marked slow
+test-fast:
+	$(PYTHON) -m pytest tests/ -q -m "not slow"
 
 # regenerate the bundled demo data (deterministic)
 data:

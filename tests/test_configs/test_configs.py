@@ -452,6 +452,7 @@ def test_config_pipelines(path, sample_files):
             check_packed(scope, packed, f'{split} pipeline')
 
 
+@pytest.mark.slow  # full-size models, one per config
 @pytest.mark.parametrize('path', CONFIGS, ids=config_id)
 def test_config_train_and_test_step(path):
     cfg = load_config(path)
@@ -541,6 +542,7 @@ AMP_CONFIGS = [
 ]
 
 
+@pytest.mark.slow  # full-size models, one per config
 @pytest.mark.parametrize('name', AMP_CONFIGS)
 def test_config_amp_train_step_on_cpu(name, monkeypatch, tmp_path):
     """``--amp`` on a machine without a GPU: the config's AmpOptimWrapper is

@@ -21,9 +21,12 @@ from mmvitmix.ops.emsa import emsa_attention_pytorch
 from tests.test_ops.test_retention import (log_decay_for, make_inputs,
                                            reference_5d)
 
-pytestmark = pytest.mark.skipif(
-    os.environ.get('MMVITMIX_TEST_CUDA_EMULATION', '1') == '0',
-    reason='MMVITMIX_TEST_CUDA_EMULATION=0 skips the emulation')
+pytestmark = [
+    pytest.mark.slow,  # compiles the CUDA kernels for the host
+    pytest.mark.skipif(
+        os.environ.get('MMVITMIX_TEST_CUDA_EMULATION', '1') == '0',
+        reason='MMVITMIX_TEST_CUDA_EMULATION=0 skips the emulation')
+]
 
 HERE = Path(__file__).resolve().parent
 CSRC = HERE.parents[1] / 'mmvitmix' / 'ops' / 'csrc'

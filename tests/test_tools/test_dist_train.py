@@ -25,6 +25,9 @@ from pathlib import Path
 import pytest
 import torch
 
+#: whole training / test runs in subprocesses (minutes)
+pytestmark = pytest.mark.slow
+
 REPO = Path(__file__).resolve().parents[2]
 TOOLS = REPO / 'tools'
 DET_CFG = REPO / 'configs' / 'demo' / 'maskrcnn_rmt_t_demo.py'

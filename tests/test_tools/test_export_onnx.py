@@ -18,6 +18,9 @@ from mmvitmix.models.backbones import (ContainerLight, ResT,  # noqa: E402
                                        RIFormer, RMT)
 from tests.test_ops.test_backbone_fused import REST_TINY, RMT_TINY  # noqa
 
+#: ONNX export + onnxruntime (about 5 minutes)
+pytestmark = pytest.mark.slow
+
 CONTAINER_TINY = dict(
     embed_dim=[16, 32, 48, 64],
     depth=[1, 1, 1, 1],

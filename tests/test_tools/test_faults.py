@@ -214,6 +214,7 @@ def reference(root):
     return work_dir, losses
 
 
+@pytest.mark.slow  # training runs in subprocesses
 def test_reference_run_learns_with_changing_lr(reference):
     _, losses = reference
     assert all(np.isfinite(r['loss']) for r in losses)
@@ -221,6 +222,7 @@ def test_reference_run_learns_with_changing_lr(reference):
     assert lrs[0] < lrs[3], 'the warm-up should raise the learning rate'
 
 
+@pytest.mark.slow  # training runs in subprocesses
 def test_sigkill_then_resume_continues_exactly(root, reference):
     _, expected = reference
     work_dir = root / 'work_killed'
@@ -246,6 +248,7 @@ def test_sigkill_then_resume_continues_exactly(root, reference):
             after, before)
 
 
+@pytest.mark.slow  # training runs in subprocesses
 def test_truncated_checkpoint_is_skipped_and_named(root, reference):
     ref_dir, _ = reference
     work_dir = root / 'work_truncated'
@@ -272,6 +275,7 @@ def test_truncated_checkpoint_is_skipped_and_named(root, reference):
     assert (work_dir / 'iter_8.pth').is_file()
 
 
+@pytest.mark.slow  # training runs in subprocesses
 def test_ddp_two_processes_match_one(root, reference):
     if torch.cuda.is_available():
         pytest.skip('checks the CPU (gloo) path')
@@ -382,6 +386,7 @@ def test_good_annotation_file_and_data_root(tmp_path):
     assert check_annotation_files(cfg) == 1
 
 
+@pytest.mark.slow  # training runs in subprocesses
 def test_train_tool_names_a_malformed_annotation_file(root):
     ann = root / 'bad_ann.txt'
     ann.write_text('')

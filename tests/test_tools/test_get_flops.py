@@ -15,6 +15,9 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / 'tools' / 'analysis_tools'))
 import get_flops  # noqa: E402
 
+#: full-size models traced for FLOPs (about 2 minutes)
+pytestmark = pytest.mark.slow
+
 BACKENDS = ['reference', 'sdpa', 'flex', 'auto'] + (['fused']
                                                      if load_ext() else [])
 

@@ -3,10 +3,15 @@ it cannot rot between the sessions that have a GPU."""
 import json
 import sys
 
+import pytest
+
 from tests.utils import REPO_ROOT
 
 sys.path.insert(0, str(REPO_ROOT / 'tools' / 'analysis_tools'))
 import gpu_acceptance  # noqa: E402
+
+#: the acceptance script in a subprocess
+pytestmark = pytest.mark.slow
 
 
 def test_quick_cpu_run_writes_a_passing_report(tmp_path):

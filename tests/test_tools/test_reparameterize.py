@@ -60,6 +60,7 @@ def random_checkpoint(tool, config, path, seed=0):
     'riformer/fpn_riformer_s12_40k_ade20k.py',
     'riformer/riformer_s12_in1k_cls.py',
 ])
+@pytest.mark.slow  # full-size detectors / a training run
 def test_tool_converts_and_preserves_outputs(tmp_path, config):
     tool = load_tool()
     src = tmp_path / 'trained.pth'
@@ -149,6 +150,7 @@ def _run(*args, cwd=REPO_ROOT, timeout=900):
                           timeout=timeout)
 
 
+@pytest.mark.slow  # full-size detectors / a training run
 def test_demo_train_then_reparameterize(tmp_path):
     """Train the RIFormer demo for two iterations, convert what it saved."""
     if not (REPO_ROOT / 'data' / 'demo' / 'coco' / 'annotations' /

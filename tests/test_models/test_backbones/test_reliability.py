@@ -9,46 +9,9 @@ import torch
 from mmvitmix.models import RMT, ContainerLight, ResT, RIFormer
 from mmvitmix.models.backbones.base import (DEFAULT_MIN_COVERAGE,
                                             check_number)
-
-TINY = {
-    RMT:
-    dict(
-        embed_dims=[16, 32, 48, 64],
-        depths=[1, 1, 2, 1],
-        num_heads=[2, 2, 3, 4],
-        init_values=[2, 2, 2, 2],
-        heads_ranges=[4, 4, 6, 6],
-        mlp_ratios=[2, 2, 2, 2],
-        chunkwise_recurrents=[True, True, False, False]),
-    ResT:
-    dict(
-        embed_dims=[16, 32, 48, 64],
-        num_heads=[1, 2, 3, 4],
-        mlp_ratios=[2, 2, 2, 2],
-        qkv_bias=True,
-        depths=[1, 1, 2, 1],
-        sr_ratios=[8, 4, 2, 1],
-        apply_transform=True),
-    ContainerLight:
-    dict(
-        embed_dim=[16, 32, 48, 64],
-        depth=[1, 1, 1, 2],
-        num_heads=4,
-        mlp_ratio=[2, 2, 2, 2]),
-    RIFormer:
-    dict(
-        layers=[1, 1, 2, 1],
-        embed_dims=[16, 24, 32, 40],
-        mlp_ratios=[2, 2, 2, 2],
-        layer_scale_init_value=1e-5),
-}
-BACKBONES = list(TINY)
-IDS = [cls.__name__ for cls in BACKBONES]
-
-
-def tiny(cls, **kwargs):
-    kwargs.setdefault('drop_path_rate', 0.)
-    return cls(arch=copy.deepcopy(TINY[cls]), **kwargs)
+from .conftest import BACKBONES, IDS
+from .conftest import TINY_ARCHS as TINY
+from .conftest import tiny
 
 
 # ------------------------------------------------------------- arguments
