@@ -22,10 +22,13 @@ Each backbone (RMT, ResT, Container-Light, RIFormer) subclasses
 import inspect
 import math
 import numbers
+from contextlib import nullcontext
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
+import torch.utils.checkpoint as cp
+from mmcv.cnn import build_norm_layer
 from mmengine.logging import print_log
 from mmengine.model import BaseModule
 from mmengine.runner.checkpoint import CheckpointLoader
@@ -140,6 +143,37 @@ def drop_path_rates(drop_path_rate: float, num_blocks: int) -> List[float]:
         0, drop_path_rate, num_blocks, device='cpu').tolist()
 
 
+def run_blocks(blocks: Iterable[nn.Module],
+               x: torch.Tensor,
+               *args,
+               with_cp: bool = False,
+               recompute_context: Optional[Callable] = None) -> torch.Tensor:
+    """``x = block(x, *args)`` for each block, activation-checkpointed with
+    ``with_cp`` while ``x`` needs a gradient.
+
+    Args:
+        blocks: the blocks, in order.
+        x (Tensor): the input of the first block.
+        *args: passed to every block after ``x`` (e.g. the rotary tables).
+        with_cp (bool): recompute each block's activations in backward
+            (``torch.utils.checkpoint``, non-reentrant) instead of storing
+            them.
+        recompute_context (callable | None): ``block -> context manager``
+            entered around the recomputation only (Container-Light keeps its
+            BatchNorm running statistics from being updated twice).
+    """
+    for block in blocks:
+        if with_cp and x.requires_grad:
+            kwargs = {}
+            if recompute_context is not None:
+                kwargs['context_fn'] = lambda block=block: (
+                    nullcontext(), recompute_context(block))
+            x = cp.checkpoint(block, x, *args, use_reentrant=False, **kwargs)
+        else:
+            x = block(x, *args)
+    return x
+
+
 #: share of the backbone's parameters (by element count, the output norms
 #: that official ImageNet files lack not counted) that a Pretrained checkpoint
 #: must provide unless ``init_cfg`` lowers ``min_coverage``
@@ -240,6 +274,35 @@ class VitMixBackbone(BaseModule):
             check_number(owner, 'drop_rate', drop_rate, low=0, high=1,
                          high_open=True)
         return drop_path_rates(drop_path_rate, num_blocks)
+
+    def build_out_norms(self, out_norm_cfg: Optional[dict],
+                        dims: Sequence[int]) -> None:
+        """Add ``norm{i}`` (``out_norm_cfg`` over ``dims[i]`` channels) for
+        every requested stage ``i``; None adds none."""
+        self.out_norm_cfg = out_norm_cfg
+        if out_norm_cfg is None:
+            return
+        for i in self.out_indices:
+            self.add_module(f'norm{i}',
+                            build_norm_layer(out_norm_cfg, dims[i])[1])
+
+    def apply_out_norm(self,
+                       index: int,
+                       x: torch.Tensor,
+                       channels_last: bool = False) -> torch.Tensor:
+        """Stage ``index``'s output norm on ``x`` (NCHW, or NHWC with
+        ``channels_last``); a LayerNorm normalises over the channels, other
+        norms (BatchNorm, GroupNorm) take NCHW. Identity without a norm."""
+        norm = getattr(self, f'norm{index}', None)
+        if norm is None:
+            return x
+        if isinstance(norm, nn.LayerNorm):
+            if channels_last:
+                return norm(x)
+            return norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        if channels_last:
+            return norm(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+        return norm(x)
 
     def check_input(self, x: torch.Tensor) -> None:
         """Validate an NCHW image batch."""

@@ -55,13 +55,12 @@ Official ImageNet checkpoints (``{'model': state_dict}``) are converted by
 ``tools/model_converters/container2mmvitmix.py``.
 """
 import math
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from typing import Dict, List, Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-import torch.utils.checkpoint as cp
 from mmcv.cnn import build_norm_layer
 from mmcv.cnn.bricks import DropPath
 from mmengine.logging import print_log
@@ -69,8 +68,11 @@ from torch import Tensor
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from mmvitmix.registry import MODELS
-from .base import (VitMixBackbone, check_all_consumed, check_numbers,
+from ..utils.bricks import ConvMlp
+from .base import (VitMixBackbone, check_numbers, run_blocks,
                    strip_prefix_if_all, unwrap_state_dict)
+from .convert import (Rule, convert_state, drop_prefixes, one_based,
+                      rename_rules)
 
 # --------------------------------------------------------------------------
 # attention core
@@ -144,19 +146,6 @@ class PatchEmbed(nn.Module):
         x = self.proj(x)
         x = self.norm(x.permute(0, 2, 3, 1))
         return x.permute(0, 3, 1, 2).contiguous()
-
-
-class ConvMlp(nn.Module):
-    """1x1 conv -> GELU -> 1x1 conv (official ``CMlp``)."""
-
-    def __init__(self, embed_dims: int, hidden_dims: int):
-        super().__init__()
-        self.fc1 = nn.Conv2d(embed_dims, hidden_dims, 1)
-        self.act = nn.GELU()
-        self.fc2 = nn.Conv2d(hidden_dims, embed_dims, 1)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.fc2(self.act(self.fc1(x)))
 
 
 class StaticAffinityBlock(nn.Module):
@@ -283,17 +272,11 @@ class ContainerStage(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.patch_embed(x)
-        for block in self.blocks:
-            if self.with_cp and x.requires_grad:
-                x = cp.checkpoint(
-                    block,
-                    x,
-                    use_reentrant=False,
-                    context_fn=lambda block=block: (
-                        nullcontext(), _frozen_bn_statistics(block)))
-            else:
-                x = block(x)
-        return x
+        return run_blocks(
+            self.blocks,
+            x,
+            with_cp=self.with_cp,
+            recompute_context=_frozen_bn_statistics)
 
 
 # --------------------------------------------------------------------------
@@ -413,12 +396,7 @@ class ContainerLight(VitMixBackbone):
                 ]
             self.stages.append(ContainerStage(patch_embed, blocks, with_cp))
 
-        self.out_norm_cfg = out_norm_cfg
-        if out_norm_cfg is not None:
-            for i in self.out_indices:
-                self.add_module(
-                    f'norm{i}',
-                    build_norm_layer(out_norm_cfg, self.embed_dims[i])[1])
+        self.build_out_norms(out_norm_cfg, self.embed_dims)
         self._freeze_stages()
 
     def _check_arch(self, arch: dict) -> None:
@@ -476,14 +454,6 @@ class ContainerLight(VitMixBackbone):
                 logger='current')
         return {k: v for k, v in state.items() if not k.startswith('norm3.')}
 
-    def _out_norm(self, index: int, x: Tensor) -> Tensor:
-        norm = getattr(self, f'norm{index}', None)
-        if norm is None:
-            return x
-        if isinstance(norm, nn.LayerNorm):
-            return norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
-        return norm(x)
-
     def forward(self, x: Tensor) -> tuple:
         """(B, C, H, W) -> tuple of (B, C_i, H_i, W_i) per ``out_indices``.
 
@@ -495,7 +465,7 @@ class ContainerLight(VitMixBackbone):
         for i, stage in enumerate(self.stages):
             x = stage(x)
             if i in self.out_indices:
-                outs.append(self._out_norm(i, x).contiguous())
+                outs.append(self.apply_out_norm(i, x).contiguous())
         return tuple(outs)
 
 
@@ -503,8 +473,10 @@ class ContainerLight(VitMixBackbone):
 # official checkpoint conversion
 # --------------------------------------------------------------------------
 
+#: classification-only part of the official model, dropped on purpose
+CONTAINER_CLASSIFIER_PREFIXES = ('head.', )
 #: block sub-keys shared by both block types (official -> ours)
-_CONTAINER_COMMON_RULES = {
+_CONTAINER_COMMON_RENAMES = {
     'pos_embed.': 'pos_embed.',
     'norm1.': 'norm1.',
     'norm2.': 'norm2.',
@@ -513,17 +485,32 @@ _CONTAINER_COMMON_RULES = {
     'conv2.': 'proj_out.',
 }
 #: official ``CBlock`` (stages 1-3)
-_CONTAINER_STATIC_RULES = {
+_CONTAINER_STATIC_RENAMES = {
     'conv1.': 'proj_in.',
     'attn.': 'affinity.',
 }
 #: official ``MixBlock`` (stage 4)
-_CONTAINER_MIX_RULES = {
+_CONTAINER_MIX_RENAMES = {
     'conv1.': 'qkv.',
     'conv.': 'local.',
 }
-#: classification-only part of the official model, dropped on purpose
-CONTAINER_CLASSIFIER_PREFIXES = ('head.', )
+_STAGE = {0: one_based}  # official stage k (1-4) -> our stage k - 1
+_OURS = 'stages.{0}.blocks.{1}.'
+#: the official layout (``container_v1_light``)
+CONTAINER_RULES = (
+    drop_prefixes(CONTAINER_CLASSIFIER_PREFIXES),
+    # the final BatchNorm is the stage-4 output norm
+    Rule(r'norm\.(.*)', 'norm3.{0}'),
+    Rule(r'patch_embed([1-4])\.((?:proj|norm)\..*)',
+         'stages.{0}.patch_embed.{1}', groups=_STAGE),
+    *rename_rules(r'blocks([1-4])\.([^.]+)\.', _OURS,
+                  _CONTAINER_COMMON_RENAMES, _STAGE),
+    *rename_rules(r'blocks([1-3])\.([^.]+)\.', _OURS,
+                  _CONTAINER_STATIC_RENAMES, _STAGE),
+    *rename_rules(r'blocks(4)\.([^.]+)\.', _OURS, _CONTAINER_MIX_RENAMES,
+                  _STAGE),
+    Rule(r'blocks4\.([^.]+)\.sa_weight', 'stages.3.blocks.{0}.mix_weight'),
+)
 
 
 def convert_container(state_dict: Dict[str, Tensor]) -> Dict[str, Tensor]:
@@ -534,46 +521,16 @@ def convert_container(state_dict: Dict[str, Tensor]) -> Dict[str, Tensor]:
     final BatchNorm ``norm.*``, classifier ``head.*``), wrapped or not, with
     or without a ``backbone.`` prefix. A state dict already in mmvitmix
     layout is returned unchanged. ``norm.*`` becomes the stage-4 output norm
-    ``norm3.*``; ``head.*`` is dropped; every other key must match a rule,
-    else ``KeyError``.
+    ``norm3.*``; ``head.*`` is dropped; every other key must match a rule of
+    :data:`CONTAINER_RULES`, else ``KeyError``.
     """
     state_dict = strip_prefix_if_all(unwrap_state_dict(state_dict),
                                      'backbone.')
-    if any(k.startswith('stages.') for k in state_dict):
-        return state_dict
-    out = {}
-    leftover = []
-    for key, value in state_dict.items():
-        if key.startswith(CONTAINER_CLASSIFIER_PREFIXES):
-            continue
-        parts = key.split('.')
-        head = parts[0]
-        if head == 'norm':
-            out['norm3.' + '.'.join(parts[1:])] = value
-        elif (head[:-1] == 'patch_embed' and head[-1] in '1234'
-              and len(parts) > 2 and parts[1] in ('proj', 'norm')):
-            out[f'stages.{int(head[-1]) - 1}.patch_embed.' +
-                '.'.join(parts[1:])] = value
-        elif head[:-1] == 'blocks' and head[-1] in '1234' and len(parts) > 2:
-            stage = int(head[-1]) - 1
-            prefix = f'stages.{stage}.blocks.{parts[1]}.'
-            sub = '.'.join(parts[2:])
-            if stage == 3 and sub == 'sa_weight':
-                out[prefix + 'mix_weight'] = value
-                continue
-            rules = dict(_CONTAINER_COMMON_RULES)
-            rules.update(_CONTAINER_MIX_RULES
-                         if stage == 3 else _CONTAINER_STATIC_RULES)
-            for old, new in rules.items():
-                if sub.startswith(old):
-                    out[prefix + new + sub[len(old):]] = value
-                    break
-            else:
-                leftover.append(key)
-        else:
-            leftover.append(key)
-    check_all_consumed('convert_container', leftover)
-    return out
+    return convert_state(
+        state_dict,
+        CONTAINER_RULES,
+        'convert_container',
+        already_converted=('stages.', ))
 
 
 ContainerLight.converter = staticmethod(convert_container)

@@ -34,7 +34,6 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
-import torch.utils.checkpoint as cp
 from mmcv.cnn import build_norm_layer
 from mmcv.cnn.bricks import DropPath
 from mmengine.model.weight_init import trunc_normal_
@@ -43,8 +42,9 @@ from torch import Tensor
 from mmvitmix.ops.backends import check_backend
 from mmvitmix.ops.emsa import emsa_attention
 from mmvitmix.registry import MODELS
-from .base import (VitMixBackbone, check_all_consumed, check_numbers,
+from .base import (VitMixBackbone, check_numbers, run_blocks,
                    strip_prefix_if_all, unwrap_state_dict)
+from .convert import Rule, convert_state, drop_prefixes, one_based
 
 # --------------------------------------------------------------------------
 # building blocks
@@ -229,11 +229,7 @@ class ResTStage(nn.Module):
         bsz, channels, height, width = x.shape
         hw_shape = (height, width)  # from the conv's actual output
         x = x.flatten(2).transpose(1, 2)
-        for block in self.blocks:
-            if self.with_cp and x.requires_grad:
-                x = cp.checkpoint(block, x, hw_shape, use_reentrant=False)
-            else:
-                x = block(x, hw_shape)
+        x = run_blocks(self.blocks, x, hw_shape, with_cp=self.with_cp)
         return x.transpose(1, 2).reshape(bsz, channels, height, width)
 
 
@@ -369,12 +365,7 @@ class ResT(VitMixBackbone):
                     norm_cfg=norm_cfg,
                     with_cp=with_cp))
 
-        self.out_norm_cfg = out_norm_cfg
-        if out_norm_cfg is not None:
-            for i in self.out_indices:
-                self.add_module(f'norm{i}',
-                                build_norm_layer(out_norm_cfg,
-                                                 embed_dims[i])[1])
+        self.build_out_norms(out_norm_cfg, embed_dims)
 
         for module in self.modules():
             if isinstance(module, EMSA):
@@ -436,16 +427,8 @@ class ResT(VitMixBackbone):
         for i, stage in enumerate(self.stages):
             x = stage(x)
             if i in self.out_indices:
-                out = x
-                norm = getattr(self, f'norm{i}', None)
-                if norm is not None:
-                    if isinstance(norm, nn.LayerNorm):
-                        # channels-last for LayerNorm, the main path untouched
-                        out = norm(out.permute(0, 2, 3, 1)).permute(
-                            0, 3, 1, 2)
-                    else:
-                        out = norm(out)
-                outs.append(out.contiguous())
+                # a side branch: the main path stays untouched
+                outs.append(self.apply_out_norm(i, x).contiguous())
         return tuple(outs)
 
 
@@ -455,13 +438,25 @@ class ResT(VitMixBackbone):
 
 #: classification-only parts of the official ImageNet ResT, dropped on purpose
 REST_CLASSIFIER_PREFIXES = ('head.', )
-
-
-def _convert_pa(sub: str) -> Optional[str]:
-    """Official ``pos.pa_conv.*`` -> ``pa.conv.*``."""
-    if sub.startswith('pos.pa_conv.'):
-        return 'pa.conv.' + sub[len('pos.pa_conv.'):]
-    return None
+_STAGE = {0: one_based}  # official stage k (1-4) -> our stage k - 1
+#: the official layouts (ImageNet ResT v1; detectron2 adds norm1..3)
+REST_RULES = (
+    drop_prefixes(REST_CLASSIFIER_PREFIXES),
+    Rule(r'stem\.((?:conv1|norm1|conv2|norm2|conv3)(?:\..*)?)', 'stem.{0}'),
+    Rule(r'stem\.pos\.pa_conv\.(.*)', 'stem.pa.conv.{0}'),
+    Rule(r'patch_embed_([234])\.((?:conv|norm)(?:\..*)?)',
+         'stages.{0}.patch_embed.{1}', groups=_STAGE),
+    Rule(r'patch_embed_([234])\.pos\.pa_conv\.(.*)',
+         'stages.{0}.patch_embed.pa.conv.{1}', groups=_STAGE),
+    Rule(r'stage([1-4])\.(\d+)\.mlp\.(.*)', 'stages.{0}.blocks.{1}.ffn.{2}',
+         groups=_STAGE),
+    Rule(r'stage([1-4])\.(\d+)\.((?:norm1|norm2|attn)\..*)',
+         'stages.{0}.blocks.{1}.{2}', groups=_STAGE),
+    # the ImageNet model's final norm is the stage-4 output norm
+    Rule(r'norm\.(.*)', 'norm3.{0}'),
+    # detectron2: the output norm after stage k
+    Rule(r'norm([123])\.(.*)', 'norm{0}.{1}', groups=_STAGE),
+)
 
 
 def convert_rest(state_dict: Dict[str, Tensor]) -> Dict[str, Tensor]:
@@ -474,7 +469,7 @@ def convert_rest(state_dict: Dict[str, Tensor]) -> Dict[str, Tensor]:
     ``backbone.bottom_up.`` / ``backbone.`` prefix. A state dict already in
     mmvitmix layout (``stages.*`` keys) is returned unchanged.
 
-    Renames: ``stem.pos.pa_conv`` -> ``stem.pa.conv``;
+    Renames (:data:`REST_RULES`): ``stem.pos.pa_conv`` -> ``stem.pa.conv``;
     ``patch_embed_{k}.{conv,norm,pos.pa_conv}`` ->
     ``stages.{k-1}.patch_embed.{conv,norm,pa.conv}``; ``stage{k}.{j}.*`` ->
     ``stages.{k-1}.blocks.{j}.*`` with ``mlp`` -> ``ffn``; final ``norm`` ->
@@ -485,53 +480,11 @@ def convert_rest(state_dict: Dict[str, Tensor]) -> Dict[str, Tensor]:
     state_dict = unwrap_state_dict(state_dict)
     state_dict = strip_prefix_if_all(state_dict, 'backbone.')
     state_dict = strip_prefix_if_all(state_dict, 'bottom_up.')
-    if any(k.startswith('stages.') for k in state_dict):
-        return state_dict
-    out = {}
-    leftover = []
-    for key, value in state_dict.items():
-        if key.startswith(REST_CLASSIFIER_PREFIXES):
-            continue
-        parts = key.split('.')
-        head = parts[0]
-        sub = '.'.join(parts[1:])
-        if head == 'stem':
-            if sub.split('.')[0] in ('conv1', 'norm1', 'conv2', 'norm2',
-                                     'conv3'):
-                out[key] = value
-            elif _convert_pa(sub) is not None:
-                out['stem.' + _convert_pa(sub)] = value
-            else:
-                leftover.append(key)
-        elif head in ('patch_embed_2', 'patch_embed_3', 'patch_embed_4'):
-            i = int(head[-1]) - 1
-            prefix = f'stages.{i}.patch_embed.'
-            if sub.split('.')[0] in ('conv', 'norm'):
-                out[prefix + sub] = value
-            elif _convert_pa(sub) is not None:
-                out[prefix + _convert_pa(sub)] = value
-            else:
-                leftover.append(key)
-        elif head in ('stage1', 'stage2', 'stage3', 'stage4') and len(
-                parts) > 2 and parts[1].isdigit():
-            i = int(head[-1]) - 1
-            j = parts[1]
-            sub = '.'.join(parts[2:])
-            prefix = f'stages.{i}.blocks.{j}.'
-            if sub.startswith('mlp.'):
-                out[prefix + 'ffn.' + sub[len('mlp.'):]] = value
-            elif sub.startswith(('norm1.', 'norm2.', 'attn.')):
-                out[prefix + sub] = value
-            else:
-                leftover.append(key)
-        elif head == 'norm':
-            out['norm3.' + sub] = value
-        elif head in ('norm1', 'norm2', 'norm3'):
-            out[f'norm{int(head[-1]) - 1}.' + sub] = value
-        else:
-            leftover.append(key)
-    check_all_consumed('convert_rest', leftover)
-    return out
+    return convert_state(
+        state_dict,
+        REST_RULES,
+        'convert_rest',
+        already_converted=('stages.', ))
 
 
 ResT.converter = staticmethod(convert_rest)

@@ -37,16 +37,17 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
-import torch.utils.checkpoint as cp
-from mmcv.cnn import build_activation_layer, build_norm_layer
+from mmcv.cnn import build_norm_layer
 from mmcv.cnn.bricks import DropPath
-from mmengine.logging import print_log
 from mmengine.model.weight_init import trunc_normal_
 from torch import Tensor
 
 from mmvitmix.registry import MODELS
-from .base import (VitMixBackbone, check_all_consumed, check_number,
-                   check_flag, check_numbers, unwrap_state_dict)
+from ..utils.bricks import ConvMlp
+from .base import (VitMixBackbone, check_number, check_flag, check_numbers,
+                   run_blocks, unwrap_state_dict)
+from .convert import (DROP, Rule, convert_state, drop_prefixes, flat,
+                      rename_rules)
 
 # --------------------------------------------------------------------------
 # building blocks
@@ -82,22 +83,6 @@ class AffineTokenMixer(nn.Module):
         weight = self.weight.view(1, -1, 1, 1)
         bias = self.bias.view(1, -1, 1, 1)
         return x * weight + bias - x
-
-
-class ConvMlp(nn.Module):
-    """1×1 conv -> activation -> dropout -> 1×1 conv -> dropout (NCHW)."""
-
-    def __init__(self, embed_dims: int, hidden_dims: int, act_cfg: dict,
-                 drop: float):
-        super().__init__()
-        self.fc1 = nn.Conv2d(embed_dims, hidden_dims, 1)
-        self.act = build_activation_layer(act_cfg)
-        self.fc2 = nn.Conv2d(hidden_dims, embed_dims, 1)
-        self.drop = nn.Dropout(drop)
-
-    def forward(self, x: Tensor) -> Tensor:
-        x = self.drop(self.act(self.fc1(x)))
-        return self.drop(self.fc2(x))
 
 
 class RIFormerBlock(nn.Module):
@@ -227,12 +212,7 @@ class RIFormerStage(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if self.downsample is not None:
             x = self.downsample(x)
-        for block in self.blocks:
-            if self.with_cp and x.requires_grad:
-                x = cp.checkpoint(block, x, use_reentrant=False)
-            else:
-                x = block(x)
-        return x
+        return run_blocks(self.blocks, x, with_cp=self.with_cp)
 
 
 # --------------------------------------------------------------------------
@@ -370,12 +350,7 @@ class RIFormer(VitMixBackbone):
                 RIFormerStage(embed_dims[i - 1] if i > 0 else None,
                               embed_dims[i], blocks, with_cp))
 
-        self.out_norm_cfg = out_norm_cfg
-        if out_norm_cfg is not None:
-            for i in self.out_indices:
-                self.add_module(f'norm{i}',
-                                build_norm_layer(out_norm_cfg,
-                                                 embed_dims[i])[1])
+        self.build_out_norms(out_norm_cfg, embed_dims)
 
         self.apply(self._init_module)
         self._freeze_stages()
@@ -453,8 +428,7 @@ class RIFormer(VitMixBackbone):
         for i, stage in enumerate(self.stages):
             x = stage(x)
             if i in self.out_indices:
-                norm = getattr(self, f'norm{i}', None)
-                outs.append(norm(x) if norm is not None else x)
+                outs.append(self.apply_out_norm(i, x))
         return tuple(outs)
 
 
@@ -462,17 +436,52 @@ class RIFormer(VitMixBackbone):
 # MMPretrain checkpoint conversion
 # --------------------------------------------------------------------------
 
-#: MMPretrain block sub-key -> ours
-_RIFORMER_BLOCK_RULES = {
+#: parts of an MMPretrain ImageClassifier outside the backbone, dropped on
+#: purpose (the classification neck / head)
+RIFORMER_CLASSIFIER_PREFIXES = ('head.', 'neck.', 'data_preprocessor.')
+
+
+def _half(index: str) -> int:
+    """``network[2i]`` / ``norm{2i}`` belong to our stage ``i``."""
+    return int(index) // 2
+
+
+def _after_downsample(index: str) -> int:
+    """``network[2i + 1]`` (downsampling) starts our stage ``i + 1``."""
+    return (int(index) + 1) // 2
+
+
+#: MMPretrain block ``network.{2i}.{j}.*`` sub-key -> ours
+_RIFORMER_BLOCK_RENAMES = {
     'norm1.': 'norm1.',
     'norm2.': 'norm2.',
     'norm_reparam.': 'norm_reparam.',
     'mlp.fc1.': 'ffn.fc1.',
     'mlp.fc2.': 'ffn.fc2.',
 }
-#: parts of an MMPretrain ImageClassifier outside the backbone, dropped on
-#: purpose (the classification neck / head)
-RIFORMER_CLASSIFIER_PREFIXES = ('head.', 'neck.', 'data_preprocessor.')
+_BLOCK = r'network\.([0246])\.(\d+)\.'
+_OURS = 'stages.{0}.blocks.{1}.'
+#: MMPretrain's layout (a backbone ``network`` of alternating block lists
+#: and downsamplings; training or deploy structure). An arch dict with equal
+#: widths of adjacent stages, where MMPretrain skips a downsampling and the
+#: ``network`` indices shift, is not a layout this backbone has: KeyError.
+RIFORMER_RULES = (
+    drop_prefixes(RIFORMER_CLASSIFIER_PREFIXES),
+    Rule(r'patch_embed\.proj\.(.*)', 'stem.{0}'),
+    Rule(r'norm([0246])\.([^.]*)', 'norm{0}.{1}', groups={0: _half}),
+    Rule(r'norm([135])\.[^.]*', DROP,
+         note='dropped output norms after MMPretrain downsampling layers '
+         '(no equivalent here)'),
+    Rule(r'network\.([135])\.proj\.(.*)', 'stages.{0}.downsample.{1}',
+         groups={0: _after_downsample}),
+    Rule(_BLOCK + r'layer_scale_([12])', _OURS + 'gamma{2}',
+         groups={0: _half}),
+    Rule(_BLOCK + r'token_mixer\.affine\.weight', _OURS + 'token_mixer.weight',
+         flat, groups={0: _half}),
+    Rule(_BLOCK + r'token_mixer\.affine\.bias', _OURS + 'token_mixer.bias',
+         groups={0: _half}),
+    *rename_rules(_BLOCK, _OURS, _RIFORMER_BLOCK_RENAMES, {0: _half}),
+)
 
 
 def convert_riformer(state_dict: Dict[str, Tensor]) -> Dict[str, Tensor]:
@@ -488,12 +497,13 @@ def convert_riformer(state_dict: Dict[str, Tensor]) -> Dict[str, Tensor]:
 
     ``network[2i]`` (stage ``i``'s blocks) maps to ``stages.{i}.blocks``,
     ``network[2i + 1]`` (downsampling) to ``stages.{i + 1}.downsample`` and
-    ``norm{2i}`` to ``norm{i}``. Dropped on purpose: everything outside
-    ``backbone.*`` when that prefix is present (the classifier's ``neck`` and
-    ``head``, a detector's heads), the classifier keys of an unprefixed file
-    (``head.*``, ``neck.*``) and output norms after MMPretrain's
-    downsampling layers (``norm1/3/5``), which this backbone does not
-    expose. Any other key without a rule raises ``KeyError``.
+    ``norm{2i}`` to ``norm{i}`` (:data:`RIFORMER_RULES`). Dropped on
+    purpose: everything outside ``backbone.*`` when that prefix is present
+    (the classifier's ``neck`` and ``head``, a detector's heads), the
+    classifier keys of an unprefixed file (``head.*``, ``neck.*``) and output
+    norms after MMPretrain's downsampling layers (``norm1/3/5``, with a
+    warning), which this backbone does not expose. Any other key without a
+    rule raises ``KeyError``.
     """
     state_dict = unwrap_state_dict(state_dict)
     if any(k.startswith('backbone.') for k in state_dict):
@@ -502,63 +512,11 @@ def convert_riformer(state_dict: Dict[str, Tensor]) -> Dict[str, Tensor]:
             k[len('backbone.'):]: v
             for k, v in state_dict.items() if k.startswith('backbone.')
         }
-    if any(k.startswith(('stem.', 'stages.')) for k in state_dict):
-        return state_dict
-    out = {}
-    leftover = []
-    dropped_norms = []
-    for key, value in state_dict.items():
-        if key.startswith(RIFORMER_CLASSIFIER_PREFIXES):
-            continue
-        parts = key.split('.')
-        if key.startswith('patch_embed.proj.'):
-            out['stem.' + '.'.join(parts[2:])] = value
-        elif (parts[0].startswith('norm') and parts[0][4:].isdigit()
-              and len(parts) == 2):
-            index = int(parts[0][4:])
-            if index % 2 == 0 and index <= 6:
-                out[f'norm{index // 2}.{parts[1]}'] = value
-            elif index in (1, 3, 5):
-                dropped_norms.append(key)
-            else:
-                leftover.append(key)
-        elif (parts[0] == 'network' and len(parts) >= 3
-              and parts[1].isdigit()):
-            n = int(parts[1])
-            if n % 2 == 1 and parts[2] == 'proj' and n <= 5:
-                out[f'stages.{(n + 1) // 2}.downsample.' +
-                    '.'.join(parts[3:])] = value
-            elif n % 2 == 0 and parts[2].isdigit() and n <= 6:
-                prefix = f'stages.{n // 2}.blocks.{parts[2]}.'
-                sub = '.'.join(parts[3:])
-                if sub in ('layer_scale_1', 'layer_scale_2'):
-                    out[prefix + 'gamma' + sub[-1]] = value
-                elif sub == 'token_mixer.affine.weight':
-                    out[prefix + 'token_mixer.weight'] = value.reshape(-1)
-                elif sub == 'token_mixer.affine.bias':
-                    out[prefix + 'token_mixer.bias'] = value
-                else:
-                    for old, new in _RIFORMER_BLOCK_RULES.items():
-                        if sub.startswith(old):
-                            out[prefix + new + sub[len(old):]] = value
-                            break
-                    else:
-                        leftover.append(key)
-            else:
-                # e.g. an arch dict with equal widths of adjacent stages,
-                # where MMPretrain skips the downsampling and the network
-                # indices shift: not a layout this backbone has
-                leftover.append(key)
-        else:
-            leftover.append(key)
-    check_all_consumed('convert_riformer', leftover)
-    if dropped_norms:
-        print_log(
-            'convert_riformer: dropped output norms after MMPretrain '
-            f'downsampling layers (no equivalent here): {dropped_norms}',
-            logger='current',
-            level=30)
-    return out
+    return convert_state(
+        state_dict,
+        RIFORMER_RULES,
+        'convert_riformer',
+        already_converted=('stem.', 'stages.'))
 
 
 RIFormer.converter = staticmethod(convert_riformer)

@@ -25,7 +25,6 @@ from typing import Dict, List, Optional, Sequence, Union
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-import torch.utils.checkpoint as cp
 from mmcv.cnn import build_norm_layer
 from mmcv.cnn.bricks import DropPath
 from mmengine.model.weight_init import trunc_normal_
@@ -35,7 +34,9 @@ from mmvitmix.ops.backends import check_backend
 from mmvitmix.ops.retention import retention_attention
 from mmvitmix.registry import MODELS
 from .base import (VitMixBackbone, check_all_consumed, check_number,
-                   check_numbers, strip_prefix_if_all, unwrap_state_dict)
+                   check_numbers, run_blocks, strip_prefix_if_all,
+                   unwrap_state_dict)
+from .convert import Rule, convert_state, drop_prefixes, flat, rename_rules
 
 # --------------------------------------------------------------------------
 # building blocks
@@ -247,13 +248,8 @@ class RMTStage(nn.Module):
         _, height, width, _ = x.shape
         sin, cos = self.rel_pos(height, width, x.dtype)
         log_decay = self.rel_pos.log_decay
-        for block in self.blocks:
-            if self.with_cp and x.requires_grad:
-                x = cp.checkpoint(
-                    block, x, sin, cos, log_decay, use_reentrant=False)
-            else:
-                x = block(x, sin, cos, log_decay)
-        return x
+        return run_blocks(
+            self.blocks, x, sin, cos, log_decay, with_cp=self.with_cp)
 
 
 # --------------------------------------------------------------------------
@@ -407,12 +403,7 @@ class RMT(VitMixBackbone):
                     norm_cfg=norm_cfg,
                     with_cp=with_cp))
 
-        self.out_norm_cfg = out_norm_cfg
-        if out_norm_cfg is not None:
-            for i in self.out_indices:
-                self.add_module(f'norm{i}',
-                                build_norm_layer(out_norm_cfg,
-                                                 embed_dims[i])[1])
+        self.build_out_norms(out_norm_cfg, embed_dims)
 
         for module in self.modules():
             if isinstance(module, RetentionAttention):
@@ -473,10 +464,7 @@ class RMT(VitMixBackbone):
         for i, stage in enumerate(self.stages):
             x = stage(x)
             if i in self.out_indices:
-                out = x
-                norm = getattr(self, f'norm{i}', None)
-                if norm is not None:
-                    out = norm(out)
+                out = self.apply_out_norm(i, x, channels_last=True)
                 outs.append(out.permute(0, 3, 1, 2).contiguous())
         return tuple(outs)
 
@@ -485,8 +473,19 @@ class RMT(VitMixBackbone):
 # official checkpoint conversion
 # --------------------------------------------------------------------------
 
-#: official block sub-key -> ours
-_RMT_BLOCK_RULES = {
+#: classification-only parts of VisRetNet, dropped on purpose: the final
+#: projection, norm and head, and the token-labeling releases' (RMT-S*/B*/L*,
+#: ``classification_token_label_release``) per-token auxiliary head
+RMT_CLASSIFIER_PREFIXES = ('proj.', 'norm.', 'head.', 'aux_head.')
+
+
+def _next_stage(index: str) -> int:
+    """Official ``layers.{i}.downsample`` ends stage i; ours starts i + 1."""
+    return int(index) + 1
+
+
+#: official block ``layers.{i}.blocks.{j}.*`` sub-key -> ours
+_RMT_BLOCK_RENAMES = {
     'retention_layer_norm.': 'norm1.',
     'final_layer_norm.': 'norm2.',
     'retention.q_proj.': 'attn.q_proj.',
@@ -499,10 +498,23 @@ _RMT_BLOCK_RULES = {
     'ffn.dwconv.conv.': 'ffn.dwconv.conv.',
     'pos.conv.': 'cpe.conv.',
 }
-#: classification-only parts of VisRetNet, dropped on purpose: the final
-#: projection, norm and head, and the token-labeling releases' (RMT-S*/B*/L*,
-#: ``classification_token_label_release``) per-token auxiliary head
-RMT_CLASSIFIER_PREFIXES = ('proj.', 'norm.', 'head.', 'aux_head.')
+_BLOCK = r'layers\.(\d+)\.blocks\.([^.]+)\.'
+#: the official layouts (VisRetNet; the detection backbone adds extra_norms)
+RMT_RULES = (
+    drop_prefixes(RMT_CLASSIFIER_PREFIXES),
+    Rule(r'patch_embed\.proj\.(.*)', 'stem.{0}'),
+    Rule(r'extra_norms\.(\d+)\.(.+)', 'norm{0}.{1}'),
+    Rule(r'layers\.(\d+)\.Relpos\.angle', 'stages.{0}.rel_pos.angle'),
+    Rule(r'layers\.(\d+)\.Relpos\.decay', 'stages.{0}.rel_pos.log_decay'),
+    Rule(r'layers\.(\d+)\.downsample\.reduction\.(.*)',
+         'stages.{0}.downsample.conv.{1}', groups={0: _next_stage}),
+    Rule(r'layers\.(\d+)\.downsample\.norm\.(.*)',
+         'stages.{0}.downsample.norm.{1}', groups={0: _next_stage}),
+    # (C, ) in the official layer-scale releases; flattened either way
+    Rule(_BLOCK + r'gamma_([12])', 'stages.{0}.blocks.{1}.gamma{2}',
+         transform=flat),
+    *rename_rules(_BLOCK, 'stages.{0}.blocks.{1}.', _RMT_BLOCK_RENAMES),
+)
 
 
 def convert_rmt(state_dict: Dict[str, Tensor]) -> Dict[str, Tensor]:
@@ -515,50 +527,16 @@ def convert_rmt(state_dict: Dict[str, Tensor]) -> Dict[str, Tensor]:
     ``extra_norms.{i}``), wrapped or not, with or without a ``backbone.``
     prefix. A state dict already in mmvitmix layout is returned unchanged.
     The classifier (``proj.*``, ``norm.*``, ``head.*``, ``aux_head.*``) is
-    dropped; every other key must match a rule, else ``KeyError``.
+    dropped; every other key must match a rule of :data:`RMT_RULES`, else
+    ``KeyError``.
     """
-    state_dict = strip_prefix_if_all(unwrap_state_dict(state_dict), 'backbone.')
-    if any(k.startswith(('stem.', 'stages.')) for k in state_dict):
-        return state_dict
-    out = {}
-    leftover = []
-    for key, value in state_dict.items():
-        if key.startswith(RMT_CLASSIFIER_PREFIXES):
-            continue
-        parts = key.split('.')
-        if key.startswith('patch_embed.proj.'):
-            out['stem.' + '.'.join(parts[2:])] = value
-        elif key.startswith('extra_norms.'):
-            out[f'norm{parts[1]}.{parts[2]}'] = value
-        elif key.startswith('layers.'):
-            i = int(parts[1])
-            rest = '.'.join(parts[2:])
-            if rest.startswith('Relpos.'):
-                name = {'angle': 'angle', 'decay': 'log_decay'}[parts[3]]
-                out[f'stages.{i}.rel_pos.{name}'] = value
-            elif rest.startswith('downsample.'):
-                sub = {'reduction': 'conv', 'norm': 'norm'}[parts[3]]
-                out[f'stages.{i + 1}.downsample.{sub}.' +
-                    '.'.join(parts[4:])] = value
-            elif rest.startswith('blocks.'):
-                j = parts[3]
-                sub = '.'.join(parts[4:])
-                prefix = f'stages.{i}.blocks.{j}.'
-                if sub in ('gamma_1', 'gamma_2'):
-                    out[prefix + 'gamma' + sub[-1]] = value.reshape(-1)
-                    continue
-                for old, new in _RMT_BLOCK_RULES.items():
-                    if sub.startswith(old):
-                        out[prefix + new + sub[len(old):]] = value
-                        break
-                else:
-                    leftover.append(key)
-            else:
-                leftover.append(key)
-        else:
-            leftover.append(key)
-    check_all_consumed('convert_rmt', leftover)
-    return out
+    state_dict = strip_prefix_if_all(unwrap_state_dict(state_dict),
+                                     'backbone.')
+    return convert_state(
+        state_dict,
+        RMT_RULES,
+        'convert_rmt',
+        already_converted=('stem.', 'stages.'))
 
 
 #: top-level modules of the authors' trained detectors (mmdet 2.x) and

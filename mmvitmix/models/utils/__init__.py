@@ -1,15 +1,27 @@
-"""Official-checkpoint converters of every backbone, in one place.
+"""Shared bricks of the backbones, and every official-checkpoint converter.
 
 Each converter lives at the bottom of its backbone's file (as mmdet keeps
 ``swin_converter`` beside Swin); this module re-exports them so tools and
-users have one import path.
+users have one import path. They are imported on first access, so that the
+backbones can import the bricks from here without an import cycle.
 """
-from ..backbones import __all__ as _names  # noqa: F401
-from ..backbones.container_light import convert_container
-from ..backbones.rest import convert_rest
-from ..backbones.riformer import convert_riformer
-from ..backbones.rmt import convert_rmt
+import importlib
 
-__all__ = [
-    'convert_container', 'convert_rmt', 'convert_rest', 'convert_riformer'
-]
+from .bricks import ConvMlp
+
+_CONVERTERS = {
+    'convert_container': 'container_light',
+    'convert_rest': 'rest',
+    'convert_riformer': 'riformer',
+    'convert_rmt': 'rmt',
+}
+
+__all__ = ['ConvMlp', *sorted(_CONVERTERS)]
+
+
+def __getattr__(name):
+    if name in _CONVERTERS:
+        module = importlib.import_module(
+            f'mmvitmix.models.backbones.{_CONVERTERS[name]}')
+        return getattr(module, name)
+    raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
