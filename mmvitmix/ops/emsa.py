@@ -69,6 +69,8 @@ def emsa_attention_pytorch(q: Tensor,
     low = attn.dtype in (torch.float16, torch.bfloat16)
     attn = attn.float() if low else attn
     attn = attn.softmax(dim=-1)
+    if attn.numel() == 0:  # a batch of 0 images: nothing to normalise
+        return attn.to(v.dtype) @ v
     mean = attn.mean(dim=(-2, -1), keepdim=True)
     var = attn.var(dim=(-2, -1), keepdim=True, unbiased=False)
     attn = (attn - mean) / torch.sqrt(var + eps)
