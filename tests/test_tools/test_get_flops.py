@@ -83,3 +83,26 @@ def test_configs_through_the_mmdet_mmseg_api_path(config, shape):
     backbone = get_flops.build_classifier(kind, arch).backbone
     alone, _ = get_flops.count(backbone, torch.rand(1, 3, *shape))
     assert counts.pop() > alone > 0
+
+
+def test_attention_split_equals_the_analytic_count():
+    """count_split's attention share is the two matmuls of every retention
+    call, computed by hand for RMT-T at 224x224 (decomposed: W and H passes;
+    whole: all H*W tokens)."""
+    from mmvitmix.models import RMT
+    model = get_flops.build_classifier('RMT', 't')
+    total, attention, _ = get_flops.count_split(model,
+                                                torch.rand(1, 3, 224, 224))
+    arch = RMT.arch_settings['t']
+    expected = 0
+    for i in range(4):
+        h = w = 224 // 2**(i + 2)
+        heads = arch['num_heads'][i]
+        dims = arch['embed_dims'][i] // heads
+        if arch['chunkwise_recurrents'][i]:
+            per_block = heads * (h * w * w + w * h * h) * 2 * dims
+        else:
+            per_block = heads * (h * w)**2 * 2 * dims
+        expected += per_block * arch['depths'][i]
+    assert attention == expected
+    assert total == 2_650_617_856  # the official fvcore count, as above

@@ -218,6 +218,37 @@ def count(model, inputs, counter='mmengine'):
     return info['flops'], params
 
 
+#: operators that are the attention cores' two matmuls under the mmengine
+#: analyzer (SDPA or the reference path's matmul / einsum when traced)
+ATTENTION_OPS = ('scaled_dot_product_attention', 'retention_forward',
+                 'emsa_forward', 'matmul', 'bmm', 'einsum')
+
+
+def count_split(model, inputs):
+    """(all multiply-adds, those of the attention matmuls, parameters) with
+    mmengine's ``FlopAnalyzer``.
+
+    The total minus the attention matmuls is what MMDetection 2.x's /
+    MMSegmentation 0.x's ``get_flops.py`` counted (mmcv 1.x module hooks:
+    convs, linears, norms, pooling; functional matmuls unseen), the
+    convention of RMT's detection and segmentation tables.
+    """
+    import mmvitmix.ops.flops as flops
+    from mmengine.analysis import FlopAnalyzer
+    flops.register_mmengine_handles()
+    params = sum(p.numel() for p in model.parameters())
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter('ignore')
+        analyzer = FlopAnalyzer(model, (inputs, ))
+        analyzer.unsupported_ops_warnings(False)
+        analyzer.uncalled_modules_warnings(False)
+        total = analyzer.total()
+        by_op = analyzer.by_operator()
+    attention = sum(v for k, v in by_op.items()
+                    if k.split('::')[-1] in ATTENTION_OPS)
+    return total, attention, params
+
+
 def _quiet_mmengine():
     import logging
     from mmengine.logging import MMLogger
@@ -255,8 +286,8 @@ def table_rows(args):
     if args.configs is None:
         return lines
     head = ['', '| config | task | input (HxW) | params (M) | '
-            'mmengine G (10^9) | mmengine / 2^30 |', '| --- | --- | --- | '
-            '--- | --- | --- |']
+            'mmengine G (10^9) | mmengine / 2^30 | without attention '
+            'matmuls G (10^9) |', '| --- | --- | --- | --- | --- | --- | --- |']
     print('\n'.join(head), flush=True)
     lines += head
     paths = []
@@ -272,10 +303,11 @@ def table_rows(args):
             try:
                 model, inputs, task, used = build_from_config(
                     path, shape, args.backend)
-                macs, params = count(model, inputs, args.counter)
+                macs, attention, params = count_split(model, inputs)
                 row = (f'| {path} | {task} | {used[0]}x{used[1]} | '
                        f'{params / 1e6:.2f} | {_g(macs, digits=1)} | '
-                       f'{_g(macs, GIB, 1)} |')
+                       f'{_g(macs, GIB, 1)} | '
+                       f'{_g(macs - attention, digits=1)} |')
             except Exception as exc:  # keep the table going
                 row = f'| {path} | failed: {type(exc).__name__}: {exc} |'
             print(row, flush=True)
@@ -350,11 +382,20 @@ def main(argv=None):
         inputs = torch.rand(1, 3, *shape)
         what = (f'{args.target}-{arch} '
                 f'{"backbone" if args.no_head else "classifier"}')
-    macs, params = count(model, inputs, args.counter)
+    attention = None
+    if args.counter == 'mmengine':
+        macs, attention, params = count_split(model, inputs)
+    else:
+        macs, params = count(model, inputs, args.counter)
     print(f'{what}, input {shape[0]}x{shape[1]}, backend '
           f'{args.backend or os.environ.get("MMVITMIX_ATTN_BACKEND", "auto")}'
           f'\n{unit}: {macs / 1e9:.3f} G (10^9), {macs / GIB:.3f} G (2^30)'
           f'\nparams: {params / 1e6:.3f} M ({params:,})')
+    if attention is not None:
+        print(f'of which attention matmuls: {attention / 1e9:.3f} G; '
+              f'without them: {(macs - attention) / 1e9:.3f} G (10^9), the '
+              'convention of mmdet 2.x / mmseg 0.x get_flops (mmcv 1.x '
+              'module hooks), which RMT\'s detection tables use')
     return macs, params
 
 
