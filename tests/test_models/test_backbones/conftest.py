@@ -78,6 +78,19 @@ def load_golden(name: str):
     return torch.load(path, map_location='cpu', weights_only=False)
 
 
+def load_golden_json(name: str = 'official_checkpoints.json'):
+    """A JSON table of ``../shared/golden`` (the key/shape tables of every
+    official release), with the policy of :func:`load_golden`."""
+    import json
+    path = GOLDEN_DIR / name
+    if not path.is_file():
+        if REQUIRE_GOLDEN:
+            pytest.fail(f'golden table {path} is missing')
+        pytest.skip(f'golden table {path} is not present')
+    with open(path) as f:
+        return json.load(f)
+
+
 def assert_rel_close(actual, expected, rel=1e-5):
     """``max|a - e| <= rel * max|e|`` (the golden files' promise)."""
     assert actual.shape == expected.shape, (actual.shape, expected.shape)

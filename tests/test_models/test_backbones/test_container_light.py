@@ -1,7 +1,6 @@
 """Tests of the Container-Light backbone and its official-checkpoint
 converter."""
 import copy
-import json
 import os
 import subprocess
 import sys
@@ -17,9 +16,9 @@ from mmvitmix.models.backbones import ContainerLight, convert_container
 from mmvitmix.models.backbones import container_light as container_module
 from mmvitmix.models.utils import convert_container as convert_reexport
 from mmvitmix.registry import MODELS
+from .conftest import load_golden, load_golden_json
 
 REPO = Path(__file__).resolve().parents[3]
-GOLDEN = REPO / '..' / 'shared' / 'golden'
 
 TINY = dict(
     embed_dim=[16, 32, 48, 64],
@@ -50,19 +49,12 @@ def randomize_bn(model, seed=0):
 
 @pytest.fixture(scope='module')
 def golden():
-    path = GOLDEN / 'container_tiny.pt'
-    if not path.exists():
-        pytest.skip(f'golden fixture {path} not available')
-    return torch.load(path, map_location='cpu', weights_only=False)
+    return load_golden('container_tiny.pt')
 
 
 @pytest.fixture(scope='module')
 def official():
-    path = GOLDEN / 'official_checkpoints.json'
-    if not path.exists():
-        pytest.skip(f'golden table {path} not available')
-    with open(path) as f:
-        return json.load(f)['container_light']
+    return load_golden_json()['container_light']
 
 
 def assert_rel_close(actual, expected, rel=1e-5):

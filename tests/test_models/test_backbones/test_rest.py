@@ -1,6 +1,5 @@
 """Tests of the ResT (v1) backbone and its official-checkpoint converter."""
 import copy
-import json
 import os
 import subprocess
 import sys
@@ -14,8 +13,8 @@ from mmvitmix.models.backbones import ResT, convert_rest
 from mmvitmix.models.backbones import rest as rest_module
 from mmvitmix.models.utils import convert_rest as convert_rest_reexport
 from mmvitmix.registry import MODELS
+from .conftest import load_golden, load_golden_json
 
-GOLDEN = Path(__file__).parents[3] / '..' / 'shared' / 'golden'
 VARIANTS = {
     'lite': 'rest_lite',
     'small': 'rest_small',
@@ -40,19 +39,12 @@ def tiny(**kwargs):
 
 @pytest.fixture(scope='module')
 def golden():
-    path = GOLDEN / 'rest_tiny.pt'
-    if not path.exists():
-        pytest.skip(f'golden fixture {path} not available')
-    return torch.load(path, map_location='cpu', weights_only=False)
+    return load_golden('rest_tiny.pt')
 
 
 @pytest.fixture(scope='module')
 def official():
-    path = GOLDEN / 'official_checkpoints.json'
-    if not path.exists():
-        pytest.skip(f'golden table {path} not available')
-    with open(path) as f:
-        return json.load(f)
+    return load_golden_json()
 
 
 def assert_rel_close(actual, expected, rel=2e-5):

@@ -1,7 +1,6 @@
 """RIFormer backbone: parity with MMPretrain, re-parameterisation, conversion,
 options and errors."""
 import copy
-import json
 import os
 import subprocess
 import sys
@@ -12,8 +11,9 @@ import torch.nn as nn
 
 from mmvitmix.models.backbones.riformer import (RIFormer, RIFormerBlock,
                                                 convert_riformer)
-from tests.utils import GOLDEN_DIR, REPO_ROOT, assert_close_rel, \
+from tests.utils import REPO_ROOT, assert_close_rel, \
     zeros_like_table
+from .conftest import load_golden, load_golden_json
 
 TINY = dict(
     layers=[1, 1, 2, 1],
@@ -23,11 +23,8 @@ TINY = dict(
 VARIANTS = ['s12', 's24', 's36', 'm36', 'm48']
 
 
-def load_golden():
-    path = GOLDEN_DIR / 'riformer_tiny.pt'
-    if not path.is_file():
-        pytest.skip(f'golden fixture {path} is not present')
-    return torch.load(path, map_location='cpu', weights_only=False)
+def load_riformer_golden():
+    return load_golden('riformer_tiny.pt')
 
 
 def randomize_(model: nn.Module, seed: int = 0) -> nn.Module:
@@ -46,13 +43,12 @@ def num_params(model):
 
 @pytest.fixture(scope='module')
 def official_tables():
-    with open(GOLDEN_DIR / 'official_checkpoints.json') as f:
-        return json.load(f)
+    return load_golden_json()
 
 
 # ------------------------------------------------------------ golden parity
 def test_golden_normed_and_deploy_outputs():
-    golden = load_golden()
+    golden = load_riformer_golden()
     model = RIFormer(arch=golden['config']).eval()
     report = model.load_pretrained(golden['checkpoint'])
     assert report == dict(missing=[], unexpected=[], fresh=[])
@@ -87,7 +83,7 @@ def test_golden_normed_and_deploy_outputs():
 
 def test_golden_mismatch_is_detected():
     """A wrong fold (mixer weight not minus 1) must break parity."""
-    golden = load_golden()
+    golden = load_riformer_golden()
     state = convert_riformer(golden['checkpoint'])
     state['stages.0.blocks.0.token_mixer.weight'] += 1
     model = RIFormer(arch=golden['config']).eval()
@@ -99,7 +95,7 @@ def test_golden_mismatch_is_detected():
 
 
 def test_deploy_backbone_loads_either_structure():
-    golden = load_golden()
+    golden = load_riformer_golden()
     train_sd = convert_riformer(golden['checkpoint'])
     deploy_sd = convert_riformer(golden['deploy_state_dict'])
     assert any('token_mixer' in k for k in train_sd)
@@ -132,7 +128,7 @@ def test_deploy_backbone_loads_either_structure():
 
 
 def test_init_cfg_pretrained_from_mmpretrain_file(tmp_path):
-    golden = load_golden()
+    golden = load_riformer_golden()
     path = tmp_path / 'riformer_mmpretrain.pth'
     ckpt = copy.deepcopy(golden['checkpoint'])
     # a classification release also carries the head: dropped on purpose
@@ -373,7 +369,7 @@ def test_drop_path_rate():
 
 # ------------------------------------------------------------ conversion
 def test_converter_rules():
-    golden = load_golden()
+    golden = load_riformer_golden()
     sd = dict(golden['checkpoint']['state_dict'])
     sd['head.fc.weight'] = torch.zeros(10, 128)
     sd['bbox_head.retina_cls.weight'] = torch.zeros(9, 256, 3, 3)
@@ -407,7 +403,7 @@ def test_converter_rules():
     'backbone.norm8.weight'
 ])
 def test_converter_rejects_unknown_keys(bad_key):
-    golden = load_golden()
+    golden = load_riformer_golden()
     sd = dict(golden['checkpoint']['state_dict'])
     sd[bad_key] = torch.zeros(1)
     with pytest.raises(KeyError, match='convert_riformer'):
@@ -416,7 +412,7 @@ def test_converter_rejects_unknown_keys(bad_key):
 
 @pytest.mark.slow  # subprocess / full classifier
 def test_converter_cli(tmp_path):
-    golden = load_golden()
+    golden = load_riformer_golden()
     src = tmp_path / 'src.pth'
     ckpt = copy.deepcopy(golden['checkpoint'])
     ckpt['state_dict']['head.fc.weight'] = torch.zeros(10, 128)

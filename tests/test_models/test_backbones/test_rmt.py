@@ -1,6 +1,5 @@
 """RMT backbone: parity with the official code, conversion, options, errors."""
 import copy
-import json
 import logging
 
 import pytest
@@ -10,7 +9,8 @@ from torch.testing import assert_close
 
 from mmvitmix.models.backbones.rmt import (RMT, RMT_CLASSIFIER_PREFIXES,
                                            convert_rmt)
-from tests.utils import GOLDEN_DIR, assert_close_rel, zeros_like_table
+from tests.utils import assert_close_rel, zeros_like_table
+from .conftest import load_golden, load_golden_json
 
 GOLDEN_FILES = ['rmt_tiny_axial.pt', 'rmt_tiny_whole_ls.pt']
 TINY = dict(
@@ -24,14 +24,9 @@ TINY = dict(
     layerscales=[False, False, True, True])
 
 
-def load_golden(name):
-    return torch.load(GOLDEN_DIR / name, map_location='cpu', weights_only=False)
-
-
 @pytest.fixture(scope='module')
 def official_tables():
-    with open(GOLDEN_DIR / 'official_checkpoints.json') as f:
-        return json.load(f)
+    return load_golden_json()
 
 
 # --------------------------------------------------------------- parity
