@@ -1,8 +1,10 @@
 """tools/analysis_tools/get_flops.py: counts against the official model's
 count, the same number with every attention backend, and the mmdet /
 mmseg API path (mmengine.analysis.get_model_complexity_info on a model
-built from our configs, as their get_flops tools do; those scripts are not
-installed with the pip packages)."""
+built from our configs, as their get_flops tools do), and MMDetection's own
+installed get_flops.py on our config. (MMSegmentation 1.2.2's own
+get_flops.py fails with mmengine 0.10 on every config, its own bug: it
+passes both ``input_shape`` and ``inputs``.)"""
 import sys
 from pathlib import Path
 
@@ -106,3 +108,38 @@ def test_attention_split_equals_the_analytic_count():
         expected += per_block * arch['depths'][i]
     assert attention == expected
     assert total == 2_650_617_856  # the official fvcore count, as above
+
+
+def test_mmdet_own_get_flops_tool_counts_like_ours():
+    """MMDetection's installed ``tools/analysis_tools/get_flops.py`` (shipped
+    in ``mmdet/.mim``) on our demo config: every attention backend gives
+    the same count, equal to ours at the same input (the demo images are
+    128x128). mmvitmix's handles reach it through the config's
+    ``custom_imports``."""
+    import os
+    import re
+    import subprocess
+
+    import mmdet
+    tool = Path(mmdet.__file__).parent / '.mim' / 'tools' / \
+        'analysis_tools' / 'get_flops.py'
+    if not tool.is_file():
+        pytest.skip(f'{tool} is not installed with mmdet')
+    config = ROOT / 'configs' / 'demo' / 'maskrcnn_rmt_t_demo.py'
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    counts = {}
+    for backend in ('reference', 'sdpa'):
+        proc = subprocess.run(
+            [sys.executable, str(tool), str(config), '--num-images', '1'],
+            cwd=ROOT, env=dict(env, MMVITMIX_ATTN_BACKEND=backend),
+            capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        found = re.search(r'Flops: ([0-9.]+)G', proc.stdout)
+        assert found, proc.stdout[-2000:]
+        assert 'Input shape: (128, 128)' in proc.stdout
+        counts[backend] = float(found.group(1))
+    assert counts['reference'] == counts['sdpa']
+    model, inputs, _, _ = get_flops.build_from_config(str(config),
+                                                      (128, 128))
+    ours, _ = get_flops.count(model, inputs)
+    assert abs(ours / 1e9 - counts['sdpa']) < 0.001
