@@ -1,0 +1,36 @@
+# ImageNet-1k classification, Container-Light, the official recipe
+# (allenai/container main.py defaults + README training command; see
+# README): DeiT recipe, 8 GPUs x 128 images, lr 5e-4 * 1024 / 512 = 1e-3,
+# AdamW wd 0.05, 5 warm-up epochs from 1e-6, cosine to 1e-5, 300 + 10
+# cool-down epochs, no gradient clipping, EMA 0.99996, drop path 0.1.
+_base_ = [
+    '../_base_/models/imageclassifier_deit.py',
+    '../_base_/datasets/imagenet_deit_224.py',
+    '../_base_/schedules/imagenet_deit_300e.py',
+    'mmpretrain::_base_/default_runtime.py',
+]
+
+custom_imports = dict(imports=['mmvitmix.models'], allow_failed_imports=False)
+default_scope = 'mmpretrain'
+
+model = dict(
+    backbone=dict(
+        type='mmvitmix.ContainerLight',
+        arch='light',
+        out_indices=(3, ),
+        drop_path_rate=0.1,
+        # stage-4 BatchNorm = the official final norm; the backbone's own
+        # init is the official one
+        init_cfg=None),
+    head=dict(in_channels=512))
+
+train_dataloader = dict(batch_size=128)
+val_dataloader = dict(batch_size=64)
+test_dataloader = val_dataloader
+
+# the schedule base is DeiT's at batch 1024: lr 1e-3, warm-up from 1e-6,
+# min lr 1e-5, as the official
+# timm ModelEma, decay 0.99996 per iteration (not batch-scaled here)
+custom_hooks = [
+    dict(type='EMAHook', momentum=1 - 0.99996, priority='ABOVE_NORMAL')
+]

@@ -1,0 +1,18 @@
+# ImageNet-1k classification with MMPretrain's ImageClassifier and the
+# mmvitmix RIFormer backbone: MMPretrain's riformer-s36_8xb128_in1k.py (the
+# distillation-free recipe) with the backbone swapped, as
+# riformer_s12_in1k_cls.py. The release checkpoint loads with `load_from`
+# after tools/model_converters/riformer2mmvitmix.py.
+_base_ = ['mmpretrain::riformer/riformer-s36_8xb128_in1k.py']
+
+custom_imports = dict(imports=['mmvitmix.models'], allow_failed_imports=False)
+default_scope = 'mmpretrain'
+
+model = dict(
+    backbone=dict(
+        _delete_=True,
+        type='mmvitmix.RIFormer',
+        arch='s36',
+        out_indices=(3, ),
+        drop_path_rate=0.1,
+        init_cfg=None))

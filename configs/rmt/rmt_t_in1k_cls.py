@@ -1,0 +1,61 @@
+# ImageNet-1k classification, RMT-T, the official recipe
+# (qhfan/RMT classfication_release/main.py defaults + run.sh; see README):
+# DeiT recipe, 16 GPUs x 128 images (the official logs peak at lr 2e-3 =
+# 5e-4 * 2048 / 512), AdamW wd 0.05, 5 warm-up epochs from 1e-6, cosine to
+# 1e-5, 300 + 10 cool-down epochs, EMA 0.99996 ** (2048 / 512), no gradient
+# clipping, drop path 0.1 (hard-coded in the official RMT_T3).
+# Head: official Linear(512, 1024) + BN + Swish + avgpool + Linear; here
+# LN (the backbone's stage-4 output norm) + avgpool + Linear (README).
+_base_ = [
+    '../_base_/models/imageclassifier_deit.py',
+    '../_base_/datasets/imagenet_deit_224.py',
+    '../_base_/schedules/imagenet_deit_300e.py',
+    'mmpretrain::_base_/default_runtime.py',
+]
+
+custom_imports = dict(imports=['mmvitmix.models'], allow_failed_imports=False)
+default_scope = 'mmpretrain'
+
+model = dict(
+    backbone=dict(
+        type='mmvitmix.RMT',
+        arch='t',
+        out_indices=(3, ),
+        drop_path_rate=0.1,
+        # the official init (trunc-normal(0.02) Linear, LN 1/0) is the
+        # backbone's own
+        init_cfg=None),
+    head=dict(in_channels=512))
+
+train_dataloader = dict(batch_size=128)
+val_dataloader = dict(batch_size=64)
+test_dataloader = val_dataloader
+
+# lr 5e-4 * 2048 / 512; warm-up from 1e-6 and min lr 1e-5, not scaled
+optim_wrapper = dict(optimizer=dict(lr=2e-3))
+param_scheduler = [
+    dict(
+        type='LinearLR',
+        start_factor=1e-6 / 2e-3,
+        by_epoch=True,
+        begin=0,
+        end=5,
+        convert_to_iter_based=True),
+    dict(
+        type='CosineAnnealingLR',
+        eta_min=1e-5,
+        by_epoch=True,
+        begin=5,
+        end=300,
+        convert_to_iter_based=True),
+]
+auto_scale_lr = dict(base_batch_size=2048)
+
+# timm ModelEma, decay 0.99996 ** (2048 / 512) per iteration; mmengine's
+# momentum is 1 - decay
+custom_hooks = [
+    dict(
+        type='EMAHook',
+        momentum=1 - 0.99996**(2048 / 512),
+        priority='ABOVE_NORMAL')
+]
