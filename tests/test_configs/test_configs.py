@@ -420,6 +420,8 @@ def test_configs_found():
             *(f'retinanet_rmt_{a}_1x' for a in 'tsbl'),
             *(f'maskrcnn_rmt_{a}_1x' for a in 'tsbl'),
             'maskrcnn_rmt_s_3x', 'maskrcnn_rmt_b_3x',
+            'cascade_maskrcnn_rmt_s_3x', 'cascade_maskrcnn_rmt_b_3x',
+            *(f'rmt_{a}_in1k_cls' for a in 'tsbl'),
             *(f'fpn_rmt_{a}_80k_ade20k' for a in 'tsbl'),
             *(f'upernet_rmt_{a}_160k_ade20k' for a in 'sbl'),
         ]
