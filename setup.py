@@ -46,6 +46,43 @@ def _cuda_include_dirs():
     return dirs
 
 
+def add_mim_extension():
+    """Ship configs, tools and model-index.yml as ``mmvitmix/.mim``.
+
+    That folder is where ``mim`` (openmim) looks for a codebase's configs
+    and tools (``mim train mmvitmix CONFIG`` runs
+    ``mmvitmix/.mim/tools/train.py``), as in mmdet and mmpretrain. An
+    editable install links the folder's entries to this checkout, so edits
+    show at once; a wheel or sdist build copies them (links do not survive
+    packaging). Generated, so git-ignored.
+    """
+    if 'editable_wheel' in sys.argv or 'develop' in sys.argv:
+        mode = 'symlink'
+    elif any(cmd in sys.argv for cmd in ('bdist_wheel', 'sdist', 'build')):
+        mode = 'copy'
+    else:  # metadata only (egg_info, dist_info): leave the folder as it is
+        return
+    import shutil
+    root = os.path.dirname(os.path.abspath(__file__))
+    mim = os.path.join(root, 'mmvitmix', '.mim')
+    os.makedirs(mim, exist_ok=True)
+    for name in ('configs', 'tools', 'model-index.yml'):
+        src, dst = os.path.join(root, name), os.path.join(mim, name)
+        if not os.path.exists(src):
+            continue
+        if os.path.islink(dst) or os.path.isfile(dst):
+            os.remove(dst)
+        elif os.path.isdir(dst):
+            shutil.rmtree(dst)
+        if mode == 'symlink':
+            os.symlink(os.path.relpath(src, mim), dst)
+        elif os.path.isdir(src):
+            shutil.copytree(src, dst, ignore=shutil.ignore_patterns(
+                '__pycache__', '*.pyc'))
+        else:
+            shutil.copyfile(src, dst)
+
+
 def get_extensions():
     """The fused attention ops, ``mmvitmix._ext`` (mmcv's source layout).
 
@@ -54,7 +91,14 @@ def get_extensions():
     for the architectures in ``TORCH_CUDA_ARCH_LIST`` (default
     ``8.0;9.0``). Without torch (e.g. only reading the metadata) nothing is
     built and the package falls back to its PyTorch reference ops.
+    ``MMVITMIX_BUILD_OPS=0`` skips the build and leaves an
+    ``mmvitmix/_ext*.so`` already in the checkout as it is (to reinstall
+    the package, e.g. to refresh ``mmvitmix/.mim``, without recompiling).
     """
+    if os.environ.get('MMVITMIX_BUILD_OPS', '1') == '0':
+        print('mmvitmix: MMVITMIX_BUILD_OPS=0, so the fused ops are not '
+              '(re)built', file=sys.stderr)
+        return [], {}
     if (os.environ.get('CUDA_HOME') is None
             and os.path.exists('/usr/local/cuda/bin/nvcc')):
         # torch otherwise guesses the prefix of the first nvcc on PATH,
@@ -119,6 +163,7 @@ def get_extensions():
 
 
 ext_modules, cmdclass = get_extensions()
+add_mim_extension()
 
 setup(
     name='mmvitmix',
@@ -130,6 +175,7 @@ setup(
     license='Apache License 2.0',
     packages=find_packages(exclude=('configs', 'tools', 'tests', 'docs')),
     include_package_data=True,
+    package_data={'mmvitmix': ['.mim/**/*']},
     python_requires='>=3.8',
     install_requires=read_requirements('runtime.txt'),
     extras_require=dict(

@@ -54,6 +54,15 @@ have mmpretrain 1.2.0 || pipi mmpretrain==1.2.0
 # ONNX export and its check in onnxruntime (tools/deploy/export_onnx.py)
 "$PY" -c "import onnx, onnxscript, onnxruntime" 2>/dev/null || pipi onnx onnxscript onnxruntime
 
+# 5b. openmim 0.3.9 (`mim train/test/search mmvitmix`), without its opendatalab dependency
+#     (opendatalab -> openxlab pins setuptools==60.2.0 and requests==2.28.2; see requirements/mim.txt)
+if "$PY" -c "import mim.version, modelindex, pandas, tabulate, sys; sys.exit(0 if mim.version.__version__ == '0.3.9' else 1)" 2>/dev/null; then
+  step "openmim 0.3.9 present"
+else
+  pipi -r requirements/mim.txt
+  pipi --no-deps openmim==0.3.9
+fi
+
 # 6. this package, editable (builds its compiled ops when their sources are present: the CPU
 #    kernels always, the CUDA kernels too where nvcc exists, for sm_80/sm_90; minutes on 2 cores).
 #    The check runs outside the repository, where only an installed mmvitmix can be imported,
@@ -61,14 +70,21 @@ have mmpretrain 1.2.0 || pipi mmpretrain==1.2.0
 if command -v nvcc >/dev/null 2>&1 || [ -x /usr/local/cuda/bin/nvcc ]; then
   export FORCE_CUDA=${FORCE_CUDA:-1}
 fi
+#    setup.py also makes mmvitmix/.mim (links to configs/, tools/, model-index.yml), where mim looks.
 REPO=$(pwd)
-if (cd / && "$PY" -c "import torch, mmvitmix, mmvitmix._ext, pathlib, sys; sys.exit(0 if pathlib.Path(mmvitmix.__file__).resolve().parent == pathlib.Path('$REPO/mmvitmix').resolve() else 1)") 2>/dev/null \
-   && [ -z "${MMVITMIX_REINSTALL:-}" ]; then
+# mim 0.3.9 looks for a package at <site-packages>/<name>, where a PEP 660 editable install
+# leaves only an import hook: a link there to this checkout's package lets `mim train mmvitmix`
+# find mmvitmix/.mim/tools/train.py. Re-pointed on every run (a link only; an installed copy is left alone).
+SITE=$("$PY" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
+if [ -L "$SITE/mmvitmix" ] || [ ! -e "$SITE/mmvitmix" ]; then ln -sfn "$REPO/mmvitmix" "$SITE/mmvitmix"; fi
+if (cd / && "$PY" -c "import torch, mmvitmix, mmvitmix._ext, pathlib, sys, importlib.metadata as m; m.distribution('mmvitmix'); sys.exit(0 if pathlib.Path(mmvitmix.__file__).resolve().parent == pathlib.Path('$REPO/mmvitmix').resolve() else 1)") 2>/dev/null \
+   && [ -e mmvitmix/.mim/model-index.yml ] && [ -z "${MMVITMIX_REINSTALL:-}" ]; then
   step "mmvitmix (editable, with its compiled ops) present"
 else
   step "installing mmvitmix (editable) and compiling its ops"
   # --use-pep517: without a pyproject.toml pip would take the legacy `setup.py develop`
   # route, which setuptools >= 80 hands to an isolated build without torch (no ops)
+  #    (MMVITMIX_BUILD_OPS=0 reinstalls without recompiling, keeping an mmvitmix/_ext*.so already built)
   MAX_JOBS=${MAX_JOBS:-2} pipi --no-build-isolation --no-deps --use-pep517 -e .
   (cd / && "$PY" -c "import torch, mmvitmix._ext") \
     || { echo "[install_env] mmvitmix._ext did not build; see the compiler output above" >&2; exit 1; }
