@@ -4,8 +4,8 @@
 # 5e-4 * 2048 / 512), AdamW wd 0.05, 5 warm-up epochs from 1e-6, cosine to
 # 1e-5, 300 + 10 cool-down epochs, EMA 0.99996 ** (2048 / 512), no gradient
 # clipping, drop path 0.1 (hard-coded in the official RMT_T3).
-# Head: official Linear(512, 1024) + BN + Swish + avgpool + Linear; here
-# LN (the backbone's stage-4 output norm) + avgpool + Linear (README).
+# Head: the official classifier, Linear(512, 1024) + BN + Swish per position,
+# avgpool, Linear (mmvitmix.RMTClsHead); no output norm, no neck.
 _base_ = [
     '../_base_/models/imageclassifier_deit.py',
     '../_base_/datasets/imagenet_deit_224.py',
@@ -22,10 +22,20 @@ model = dict(
         arch='t',
         out_indices=(3, ),
         drop_path_rate=0.1,
+        out_norm_cfg=None,
         # the official init (trunc-normal(0.02) Linear, LN 1/0) is the
         # backbone's own
         init_cfg=None),
-    head=dict(in_channels=512))
+    neck=None,
+    head=dict(
+        _delete_=True,
+        type='mmvitmix.RMTClsHead',
+        num_classes=1000,
+        in_channels=512,
+        projection=1024,
+        loss=dict(
+            type='LabelSmoothLoss', label_smooth_val=0.1, mode='original'),
+        cal_acc=False))
 
 train_dataloader = dict(batch_size=128)
 val_dataloader = dict(batch_size=64)
