@@ -430,6 +430,7 @@ def test_configs_found():
     assert not missing, f'configs missing: {missing}'
 
 
+@pytest.mark.slow  # every pipeline of every config (minutes)
 @pytest.mark.parametrize('path', CONFIGS, ids=config_id)
 def test_config_pipelines(path, sample_files):
     cfg = load_config(path)

@@ -42,6 +42,7 @@ def outputs_and_grads(model, x):
     return [o.detach() for o in outs], grads
 
 
+@pytest.mark.slow  # real-size backbones, every backend, fwd + bwd
 @pytest.mark.parametrize('backend', ['fused', 'sdpa', 'auto'])
 @pytest.mark.parametrize('build', [
     lambda: RMT(arch=dict(RMT_TINY), drop_path_rate=0.),

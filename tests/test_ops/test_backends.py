@@ -122,6 +122,7 @@ def test_retention_without_rotary_and_decay_grad(backend, rotary):
     assert_close(grad.double(), ref_grad, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow  # compiles FlexAttention
 @pytest.mark.parametrize('decomposed', [True, False])
 def test_retention_flex_inference_matches_float64(decomposed):
     pytest.importorskip('torch.nn.attention.flex_attention')

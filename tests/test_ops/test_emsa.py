@@ -99,6 +99,7 @@ def test_bias_gradient_is_exactly_zero():
     assert torch.equal(grads[4], torch.zeros(3, dtype=torch.float64))
 
 
+@pytest.mark.slow  # float64 gradcheck (about 10 s)
 def test_gradcheck_float64():
     inputs = make_inputs((2, 3, 5, 4, 3, 2), torch.float64)
     leaves = [t.detach().clone().requires_grad_() for t in inputs]

@@ -85,6 +85,7 @@ def _save_official(data, path):
     return path
 
 
+@pytest.mark.slow  # converter CLIs in subprocesses / full-size detectors
 def test_rmt2mmvitmix_cli(tmp_path):
     """The script itself, as a user runs it."""
     data = _golden('rmt_tiny_axial.pt')
@@ -181,6 +182,7 @@ def _official_downstream_file(tmp_path, config, release='rmt_t'):
     'configs/rmt/maskrcnn_rmt_t_1x.py',
     'configs/rmt/fpn_rmt_t_80k_ade20k.py',
 ])
+@pytest.mark.slow  # converter CLIs in subprocesses / full-size detectors
 def test_rmt2mmvitmix_whole_model(tmp_path, config):
     """The authors' downstream files load into our config with no missing
     or unexpected key; RetinaNet's unused stage-0 norm is dropped by name."""
@@ -204,6 +206,7 @@ def test_rmt2mmvitmix_whole_model(tmp_path, config):
                              for p in ('bias', 'weight'))
 
 
+@pytest.mark.slow  # converter CLIs in subprocesses / full-size detectors
 def test_rmt2mmvitmix_whole_model_mismatch_is_an_error(tmp_path):
     """A detector file checked against a config it does not fit: error,
     nothing written."""
@@ -222,6 +225,7 @@ def test_rmt2mmvitmix_whole_model_mismatch_is_an_error(tmp_path):
     'rmt2mmvitmix.py', 'rest2mmvitmix.py', 'container2mmvitmix.py',
     'riformer2mmvitmix.py'
 ])
+@pytest.mark.slow  # converter CLIs in subprocesses / full-size detectors
 def test_converter_refuses_to_overwrite_its_input(tmp_path, script):
     src = tmp_path / 'official.pth'
     torch.save({'model': {'x': torch.zeros(1)}}, src)
