@@ -73,6 +73,44 @@ def _theta_shift_lean(x: Tensor, sin: Tensor, cos: Tensor) -> Tensor:
     return (x * cos).addcmul_(swapped, signed_sin)
 
 
+_COMPLEX_ROTARY_DTYPES = (torch.float32, torch.float64)
+
+
+def rotary_pairs(sin: Tensor, cos: Tensor) -> Optional[Tensor]:
+    """The rotary tables as one complex table, when that is exact.
+
+    :func:`theta_shift` with tables whose entries come in equal pairs
+    (``sin[..., 2i] == sin[..., 2i+1]``, as RMT's ``RetNetRelPos2d`` makes
+    them) is the complex product ``(x_2i + i·x_2i+1) · (cos + i·sin)``: one
+    elementwise kernel instead of five (float32/float64 only; torch has no
+    complex bfloat16). None when the tables are not paired that way or the
+    dtype has no complex counterpart.
+    """
+    if (sin.dtype not in _COMPLEX_ROTARY_DTYPES or sin.dtype != cos.dtype
+            or sin.shape[-1] % 2):
+        return None
+    if not (torch.equal(sin[..., ::2], sin[..., 1::2])
+            and torch.equal(cos[..., ::2], cos[..., 1::2])):
+        return None
+    return torch.complex(cos[..., ::2], sin[..., ::2])
+
+
+def _theta_shift_complex(x: Tensor,
+                         rotation: Tensor,
+                         inplace: bool = False) -> Tensor:
+    """:func:`theta_shift` as a complex product (see :func:`rotary_pairs`);
+    the result keeps ``x``'s memory layout. ``inplace``: into ``x``."""
+    if x.dtype != rotation.real.dtype or x.stride(-1) != 1 or any(
+            st % 2 for st in x.stride()[:-1]) or x.storage_offset() % 2:
+        # view_as_complex needs pairs adjacent and aligned
+        x = x.to(rotation.real.dtype).contiguous()
+    pairs = torch.view_as_complex(x.unflatten(-1, (-1, 2)))
+    if inplace:
+        pairs.mul_(rotation)
+        return x
+    return torch.view_as_real(pairs * rotation).flatten(-2)
+
+
 def _bias_dtype(q: Tensor, log_decay: Tensor) -> torch.dtype:
     return torch.promote_types(q.dtype, log_decay.dtype)
 
@@ -227,7 +265,8 @@ def retention_attention(q: Tensor,
                         sin: Optional[Tensor] = None,
                         cos: Optional[Tensor] = None,
                         scale: float = 1.0,
-                        backend: Optional[str] = None) -> Tensor:
+                        backend: Optional[str] = None,
+                        overwrite_qk: bool = False) -> Tensor:
     """The attention core of one RMT retention layer.
 
     Computes the retention of ``theta_shift(q)``, ``theta_shift(k · scale)``
@@ -250,12 +289,16 @@ def retention_attention(q: Tensor,
             :data:`mmvitmix.ops.backends.BACKENDS`; None or ``'auto'``
             defer to ``MMVITMIX_ATTN_BACKEND``, then to the measured
             choice (:mod:`mmvitmix.ops.backends`). Default: None.
+        overwrite_qk (bool): ``q`` and ``k`` are the caller's fresh
+            projections, used for nothing else: when no gradient is
+            recorded they may be rotated in place (two tensors fewer to
+            allocate; RMT's layers pass True). Default: False.
 
     Returns:
         Tensor: (B, heads, H, W, Dv).
     """
     _check_rotary(q, sin, cos, scale)
-    from .backends import resolve_retention
+    from .backends import export_safe, resolve_retention
     chosen = resolve_retention(backend, q, k, v, decomposed)
     if chosen == 'fused':
         return _attention_fused(q, k, v, log_decay, decomposed, sin, cos,
@@ -268,8 +311,16 @@ def retention_attention(q: Tensor,
             k = theta_shift(k, sin, cos)
         return _attention_reference(q, k, v, log_decay, decomposed)
     if sin is not None:
-        q = _theta_shift_lean(q, sin, cos)
-        k = _theta_shift_lean(k, sin, cos)
+        # (no complex tensors in an exported graph: ONNX has none)
+        rotation = (rotary_pairs(sin, cos) if q.dtype == k.dtype == sin.dtype
+                    and not export_safe() else None)
+        if rotation is not None:
+            inplace = overwrite_qk and not torch.is_grad_enabled()
+            q = _theta_shift_complex(q, rotation, inplace)
+            k = _theta_shift_complex(k, rotation, inplace)
+        else:
+            q = _theta_shift_lean(q, sin, cos)
+            k = _theta_shift_lean(k, sin, cos)
     return _attention_torch(q, k, v, log_decay, decomposed, scale,
                             flex=chosen == 'flex')
 

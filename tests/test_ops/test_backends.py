@@ -336,3 +336,46 @@ def test_auto_never_picks_flex_for_cpu_training(monkeypatch):
                         ('retention', 'cpu', 'whole', 'train'), 'flex')
     q, k, v, *_ = rmt_inputs((1, 2, 3, 4, 8, 8))
     assert resolve_retention(None, q.requires_grad_(), k, v, False) == 'sdpa'
+
+
+@pytest.mark.parametrize('paired', [True, False])
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float64])
+def test_sdpa_rotary_paired_and_general_tables(paired, dtype):
+    """RMT's tables come in equal pairs and take the complex-product rotary;
+    any other (H, W, Dk) table takes the general formula. Both equal the
+    reference's theta_shift."""
+    from mmvitmix.ops import retention
+    shape = (2, 2, 5, 6, 8, 8)
+    q, k, v, log_decay, sin, cos = rmt_inputs(shape, dtype)
+    if not paired:
+        gen = torch.Generator().manual_seed(3)
+        sin = torch.rand(sin.shape, generator=gen).to(dtype)
+        cos = torch.rand(cos.shape, generator=gen).to(dtype)
+    assert (retention.rotary_pairs(sin, cos) is not None) == paired
+    grad_out = torch.randn(2, 2, 5, 6, 8, dtype=dtype)
+    want, want_grads = oracle(q, k, v, log_decay, True, sin, cos, grad_out)
+    got, grads = run('sdpa', q, k, v, log_decay, True, sin, cos, grad_out)
+    tol = TOL.get(dtype, dict(rtol=1e-10, atol=1e-10))
+    assert_close(got.double(), want, **tol)
+    for g, w in zip(grads, want_grads):
+        assert_close(g.double(), w, **tol)
+
+
+def test_overwrite_qk_only_without_autograd():
+    """overwrite_qk lets the seam rotate q and k in place when no graph is
+    recorded (RMT's fresh projections); the result is the same, and with
+    autograd the inputs are left alone."""
+    q, k, v, log_decay, sin, cos = rmt_inputs((1, 2, 4, 5, 8, 8))
+    want = retention_attention(q, k, v, log_decay, True, sin, cos, 0.3,
+                               backend='sdpa')
+    q1, k1 = q.clone(), k.clone()
+    with torch.no_grad():
+        got = retention_attention(q1, k1, v, log_decay, True, sin, cos, 0.3,
+                                  backend='sdpa', overwrite_qk=True)
+    assert_close(got, want, rtol=1e-6, atol=1e-6)
+    assert not torch.equal(q1, q)  # rotated in place
+    q2 = q.clone().requires_grad_()
+    got = retention_attention(q2, k, v, log_decay, True, sin, cos, 0.3,
+                              backend='sdpa', overwrite_qk=True)
+    assert_close(got, want, rtol=1e-6, atol=1e-6)
+    assert torch.equal(q2.detach(), q)

@@ -31,6 +31,7 @@ from mmengine.model.weight_init import trunc_normal_
 from torch import Tensor
 
 from mmvitmix.ops.backends import check_backend
+from mmvitmix.ops.dwconv import depthwise_conv2d
 from mmvitmix.ops.retention import retention_attention
 from mmvitmix.registry import MODELS
 from .base import (VitMixBackbone, check_all_consumed, check_number,
@@ -56,6 +57,12 @@ def add_into(fresh: Tensor, other: Tensor) -> Tensor:
     return fresh + other
 
 
+def _training_step(module: nn.Module) -> bool:
+    """Whether this forward records a graph through ``module``'s weights."""
+    return torch.is_grad_enabled() and any(
+        p.requires_grad for p in module.parameters())
+
+
 class DWConv2d(nn.Module):
     """Depthwise conv on a channels-last (B, H, W, C) tensor."""
 
@@ -68,8 +75,22 @@ class DWConv2d(nn.Module):
             padding=kernel_size // 2,
             groups=channels)
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.conv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+    def forward(self, x: Tensor, plus_input: bool = False) -> Tensor:
+        """``dwconv(x)``, or ``x + dwconv(x)`` with ``plus_input``.
+
+        ``x + dwconv(x)`` is the depthwise conv whose filters have 1 added
+        at their centre: one pass over the tensor instead of two (the sum
+        rounds as ``x·(w+1)`` instead of ``x·w + x``).
+        """
+        weight = self.conv.weight
+        if plus_input:
+            centre = self.conv.kernel_size[0] // 2
+            delta = torch.zeros_like(weight)
+            delta[:, :, centre, centre] = 1
+            weight = weight + delta
+        out = depthwise_conv2d(
+            x.permute(0, 3, 1, 2), weight, self.conv.bias, self.conv.padding)
+        return out.permute(0, 2, 3, 1)
 
 
 class RetentionRelPos(nn.Module):
@@ -125,6 +146,9 @@ class RetentionAttention(nn.Module):
     def forward(self, x: Tensor, sin: Tensor, cos: Tensor,
                 log_decay: Tensor) -> Tensor:
         bsz, height, width, _ = x.shape
+        # three linears, not one on concatenated weights: q, k and v then
+        # each own dense memory, which the rotary, the LePE conv and the
+        # attention read fastest (one linear was 2-4% slower in RMT-S here)
         q = self.q_proj(x)
         k = self.k_proj(x)
         v = self.v_proj(x)
@@ -139,10 +163,14 @@ class RetentionAttention(nn.Module):
         # theta_shift of both) and runs the retention
         out = retention_attention(
             q, k, v, log_decay, self.decomposed, sin=sin, cos=cos,
-            scale=self.scaling, backend=self.attn_backend)
-        out = out.permute(0, 2, 3, 1, 4).flatten(-2)  # (B, H, W, C)
-        # into the conv's output (the fused op keeps `out` for its backward)
-        return self.out_proj(add_into(lepe, out))
+            scale=self.scaling, backend=self.attn_backend,
+            overwrite_qk=True)
+        out = out.permute(0, 2, 3, 1, 4)  # (B, H, W, heads, D)
+        # into the conv's output (the fused op keeps `out` for its backward),
+        # read in whatever layout the attention left it: flattening the
+        # heads first would copy the H pass's column-major output
+        lepe = add_into(lepe.unflatten(-1, (self.num_heads, -1)), out)
+        return self.out_proj(lepe.flatten(-2))
 
 
 class ConvFFN(nn.Module):
@@ -155,8 +183,12 @@ class ConvFFN(nn.Module):
         self.fc2 = nn.Linear(hidden_dims, embed_dims)
 
     def forward(self, x: Tensor) -> Tensor:
-        x = F.gelu(self.fc1(x))
-        return self.fc2(add_into(self.dwconv(x), x))  # x + dwconv(x)
+        x = self.fc1(x)
+        if torch.is_grad_enabled() and x.requires_grad:
+            x = F.gelu(x)
+        else:  # nothing records fc1's output: no second hidden-size tensor
+            x = torch.ops.aten.gelu_(x)
+        return self.fc2(self.dwconv(x, plus_input=True))  # x + dwconv(x)
 
 
 class RetBlock(nn.Module):
@@ -186,7 +218,7 @@ class RetBlock(nn.Module):
     def forward(self, x: Tensor, sin: Tensor, cos: Tensor,
                 log_decay: Tensor) -> Tensor:
         # residual sums go into the branch's fresh output (see add_into)
-        x = add_into(self.cpe(x), x)
+        x = self.cpe(x, plus_input=True)  # x + cpe(x)
         y = self.attn(self.norm1(x), sin, cos, log_decay)
         if self.layerscale:
             y = self.gamma1 * y
@@ -206,7 +238,12 @@ class Downsample(nn.Module):
         self.norm = build_norm_layer(norm_cfg, out_dims)[1]
 
     def forward(self, x: Tensor) -> Tensor:
-        x = self.norm(self.conv(x.permute(0, 3, 1, 2).contiguous()))
+        # inference: the conv and norm take the channels-last memory as it
+        # is; training: NCHW (faster backward; see RMT.forward)
+        x = x.permute(0, 3, 1, 2)
+        if _training_step(self):
+            x = x.contiguous()
+        x = self.norm(self.conv(x))
         # channels-last *memory*: the stage's linears and norms then read
         # it in place (an NCHW-strided view would be copied by every one)
         return x.permute(0, 2, 3, 1).contiguous()
@@ -458,7 +495,13 @@ class RMT(VitMixBackbone):
     def forward(self, x: Tensor) -> tuple:
         """(B, C, H, W) -> tuple of (B, C_i, H_i, W_i) per ``out_indices``."""
         self.check_input(x)
-        # channels-last in memory, not just a permuted view (see Downsample)
+        # inference: the stem runs channels-last (oneDNN's forward
+        # convolutions take NHWC memory as it is; RMT-S's stem at 512x512 on
+        # the benchmarked CPU: 53 instead of 99 ms); training: NCHW, whose
+        # backward is faster there (200 instead of 286 ms). The stages need
+        # channels-last memory either way (see Downsample).
+        if not _training_step(self):
+            x = x.contiguous(memory_format=torch.channels_last)
         x = self.stem(x).permute(0, 2, 3, 1).contiguous()
         outs = []
         for i, stage in enumerate(self.stages):
