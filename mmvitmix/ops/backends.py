@@ -34,7 +34,9 @@ custom op.
 
 EMSA with head mixing (ResT's ``apply_transform``) normalises the whole
 N×M attention map of every head (InstanceNorm), which neither SDPA nor
-FlexAttention can express; there ``sdpa`` and ``flex`` mean the reference
+FlexAttention can express; there ``sdpa`` means torch's matmul and softmax
+kernels on an exact reformulation with fewer passes over the maps
+(:func:`mmvitmix.ops.emsa.emsa_attention_centred`), and ``flex`` the same
 (said once in a warning). EMSA without head mixing is plain softmax
 attention and runs SDPA.
 """
@@ -69,15 +71,17 @@ AUTO_TABLE = {
     # CPU: 2-core AMD EPYC (Zen 3, AVX2, no AVX-512), torch 2.13, 1 and 2
     # threads (docs/benchmarks.md): SDPA is the fastest retention backend
     # at every RMT-S stage or within the noise of the reference, 2-5x
-    # faster than the fused kernel; for EMSA with head mixing the reference
-    # beats the fused kernel 2-4x; FlexAttention (inference only) loses to
-    # SDPA. Whole backbones: RMT-S with SDPA 0.64-0.73x the official time.
+    # faster than the fused kernel; for EMSA with head mixing the sdpa path
+    # (torch's kernels on the exact reformulation) beats the reference
+    # (ResT-S 512x512: 6% of the whole backbone, inference and training)
+    # and the fused kernel 2-6x; FlexAttention (inference only) loses to
+    # SDPA.
     ('retention', 'cpu', 'decomposed', 'infer'): 'sdpa',
     ('retention', 'cpu', 'decomposed', 'train'): 'sdpa',
     ('retention', 'cpu', 'whole', 'infer'): 'sdpa',
     ('retention', 'cpu', 'whole', 'train'): 'sdpa',
-    ('emsa', 'cpu', 'mixed', 'infer'): 'reference',
-    ('emsa', 'cpu', 'mixed', 'train'): 'reference',
+    ('emsa', 'cpu', 'mixed', 'infer'): 'sdpa',
+    ('emsa', 'cpu', 'mixed', 'train'): 'sdpa',
     ('emsa', 'cpu', 'plain', 'infer'): 'sdpa',
     ('emsa', 'cpu', 'plain', 'train'): 'sdpa',
     # CUDA: no GPU benchmark recorded yet (no GPU was lent when the table
@@ -284,12 +288,15 @@ def resolve_emsa(backend: Optional[str], q: Tensor, k: Tensor, v: Tensor,
         return 'reference'
     needs_grad = torch.is_grad_enabled() and any(
         t.requires_grad for t in (q, k, v))
-    if requested in ('sdpa', 'flex'):
+    if requested == 'sdpa':
+        return 'sdpa'  # torch's kernels on the exact reformulation
+    if requested == 'flex':
         _warn_once(('emsa', requested),
-                   f'attention backend {requested}: EMSA with head mixing '
-                   'normalises whole attention maps, which torch\'s '
-                   f'{requested} cannot express; running the reference')
-        return 'reference'
+                   'attention backend flex: EMSA with head mixing '
+                   'normalises whole attention maps, which FlexAttention '
+                   'cannot express; running torch\'s matmul/softmax kernels '
+                   '(the sdpa path: emsa_attention_centred)')
+        return 'sdpa'
     if requested == 'auto':
         choice = _auto('emsa', q.device.type, 'mixed',
                        'train' if needs_grad else 'infer')

@@ -379,3 +379,40 @@ def test_overwrite_qk_only_without_autograd():
                               backend='sdpa', overwrite_qk=True)
     assert_close(got, want, rtol=1e-6, atol=1e-6)
     assert torch.equal(q2.detach(), q)
+
+
+@pytest.mark.parametrize('grad', [True, False])
+def test_emsa_centred_is_the_reference_float64(grad):
+    """The sdpa path of head-mixed EMSA (bias cancelled by the softmax,
+    scale in the mixing weight, σ applied to the output, centring in place
+    without autograd) equals the reference in float64, with the mixing
+    bias' gradient present and zero."""
+    from mmvitmix.ops.emsa import emsa_attention_centred
+    q, k, v, weight, bias = (t.double()
+                             for t in emsa_inputs(True, heads=4, seed=5))
+    weight.requires_grad_(grad)
+    bias.requires_grad_(grad)
+    leaves = [t.requires_grad_(grad) for t in (q, k, v)]
+    with torch.set_grad_enabled(grad):
+        got = emsa_attention_centred(q, k, v, 0.35, weight, bias, 1e-5)
+        want = emsa_attention_pytorch(q, k, v, 0.35, weight, bias, 1e-5)
+    assert_close(got, want, rtol=1e-12, atol=1e-12)
+    if grad:
+        grad_out = torch.randn_like(want)
+        params = leaves + [weight, bias]
+        g_got = torch.autograd.grad(got, params, grad_out)
+        g_want = torch.autograd.grad(want, params, grad_out)
+        for a, b in zip(g_got, g_want):
+            assert_close(a, b, rtol=1e-10, atol=1e-10)
+        assert torch.count_nonzero(g_got[-1]) == 0
+
+
+def test_emsa_flex_runs_the_sdpa_path_with_one_warning(monkeypatch):
+    monkeypatch.setattr(backends, '_WARNED', set())
+    q, k, v, weight, bias = emsa_inputs(True)
+    with pytest.warns(RuntimeWarning, match='FlexAttention cannot express'):
+        assert resolve_emsa('flex', q, k, v, True) == 'sdpa'
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        assert resolve_emsa('sdpa', q, k, v, True) == 'sdpa'
+        assert resolve_emsa('flex', q, k, v, True) == 'sdpa'

@@ -143,6 +143,13 @@ def drop_path_rates(drop_path_rate: float, num_blocks: int) -> List[float]:
         0, drop_path_rate, num_blocks, device='cpu').tolist()
 
 
+def records_grad(module: nn.Module) -> bool:
+    """Whether a forward now records a graph through ``module``'s weights
+    (a training step), as opposed to inference or a frozen module."""
+    return torch.is_grad_enabled() and any(
+        p.requires_grad for p in module.parameters())
+
+
 def run_blocks(blocks: Iterable[nn.Module],
                x: torch.Tensor,
                *args,

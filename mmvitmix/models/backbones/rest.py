@@ -42,7 +42,7 @@ from torch import Tensor
 from mmvitmix.ops.backends import check_backend
 from mmvitmix.ops.emsa import emsa_attention
 from mmvitmix.registry import MODELS
-from .base import (VitMixBackbone, check_numbers, run_blocks,
+from .base import (VitMixBackbone, check_numbers, records_grad, run_blocks,
                    strip_prefix_if_all, unwrap_state_dict)
 from .convert import Rule, convert_state, drop_prefixes, one_based
 
@@ -228,8 +228,12 @@ class ResTStage(nn.Module):
             x = self.patch_embed(x)
         bsz, channels, height, width = x.shape
         hw_shape = (height, width)  # from the conv's actual output
-        x = x.flatten(2).transpose(1, 2)
+        # token-major (B, N, C) memory for the blocks' norms and linears: a
+        # view of channels-last memory, one copy of NCHW memory (instead of
+        # a strided residual stream that every norm would copy)
+        x = x.permute(0, 2, 3, 1).reshape(bsz, height * width, channels)
         x = run_blocks(self.blocks, x, hw_shape, with_cp=self.with_cp)
+        # NCHW shape over channels-last memory (a view)
         return x.transpose(1, 2).reshape(bsz, channels, height, width)
 
 
@@ -422,6 +426,10 @@ class ResT(VitMixBackbone):
     def forward(self, x: Tensor) -> tuple:
         """(B, C, H, W) -> tuple of (B, C_i, H_i, W_i) per ``out_indices``."""
         self.check_input(x)
+        # inference: the stem's convs take channels-last memory as it is
+        # (oneDNN reorders NCHW around every conv); see RMT.forward
+        if not records_grad(self.stem):
+            x = x.contiguous(memory_format=torch.channels_last)
         x = self.stem(x)
         outs = []
         for i, stage in enumerate(self.stages):

@@ -35,8 +35,8 @@ from mmvitmix.ops.dwconv import depthwise_conv2d
 from mmvitmix.ops.retention import retention_attention
 from mmvitmix.registry import MODELS
 from .base import (VitMixBackbone, check_all_consumed, check_number,
-                   check_numbers, run_blocks, strip_prefix_if_all,
-                   unwrap_state_dict)
+                   check_numbers, records_grad, run_blocks,
+                   strip_prefix_if_all, unwrap_state_dict)
 from .convert import Rule, convert_state, drop_prefixes, flat, rename_rules
 
 # --------------------------------------------------------------------------
@@ -55,12 +55,6 @@ def add_into(fresh: Tensor, other: Tensor) -> Tensor:
     if fresh.dtype == torch.promote_types(fresh.dtype, other.dtype):
         return fresh.add_(other)
     return fresh + other
-
-
-def _training_step(module: nn.Module) -> bool:
-    """Whether this forward records a graph through ``module``'s weights."""
-    return torch.is_grad_enabled() and any(
-        p.requires_grad for p in module.parameters())
 
 
 class DWConv2d(nn.Module):
@@ -241,7 +235,7 @@ class Downsample(nn.Module):
         # inference: the conv and norm take the channels-last memory as it
         # is; training: NCHW (faster backward; see RMT.forward)
         x = x.permute(0, 3, 1, 2)
-        if _training_step(self):
+        if records_grad(self):
             x = x.contiguous()
         x = self.norm(self.conv(x))
         # channels-last *memory*: the stage's linears and norms then read
@@ -500,7 +494,7 @@ class RMT(VitMixBackbone):
         # the benchmarked CPU: 53 instead of 99 ms); training: NCHW, whose
         # backward is faster there (200 instead of 286 ms). The stages need
         # channels-last memory either way (see Downsample).
-        if not _training_step(self):
+        if not records_grad(self.stem):
             x = x.contiguous(memory_format=torch.channels_last)
         x = self.stem(x).permute(0, 2, 3, 1).contiguous()
         outs = []
