@@ -311,9 +311,12 @@ def retention_attention(q: Tensor,
             k = theta_shift(k, sin, cos)
         return _attention_reference(q, k, v, log_decay, decomposed)
     if sin is not None:
-        # (no complex tensors in an exported graph: ONNX has none)
-        rotation = (rotary_pairs(sin, cos) if q.dtype == k.dtype == sin.dtype
-                    and not export_safe() else None)
+        # complex product on CPU only: measured there; on a GPU the pairing
+        # check (torch.equal) would synchronise with the device every call.
+        # No complex tensors in an exported graph either (ONNX has none).
+        rotation = (rotary_pairs(sin, cos)
+                    if q.device.type == 'cpu' and q.dtype == k.dtype ==
+                    sin.dtype and not export_safe() else None)
         if rotation is not None:
             inplace = overwrite_qk and not torch.is_grad_enabled()
             q = _theta_shift_complex(q, rotation, inplace)
