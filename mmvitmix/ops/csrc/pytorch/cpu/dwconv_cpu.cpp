@@ -5,9 +5,10 @@
 //               X[n, oh + i - pad_h, ow + j - pad_w, c]
 //
 // Why a kernel of our own: oneDNN's depthwise backward-weights primitive,
-// which torch uses on CPU, takes 10-25x the forward time on an AVX2 CPU
-// (2-core AMD EPYC Zen 3, torch 2.13: 14.4 ms for the 5x5 weight gradient of
-// 64 channels at 128x128, whose forward takes 1.4 ms; docs/benchmarks.md);
+// which torch uses on CPU, takes 4.6-8.5x the forward time for 5x5 filters
+// on an AVX2 CPU (2-core AMD EPYC Zen 3, torch 2.13: 16.5 ms for the weight
+// gradient of 64 channels at 128x128, whose forward takes 1.9 ms;
+// tools/analysis_tools/benchmark_dwconv.py, docs/benchmarks.md);
 // in RMT's training step those gradients took a fifth of the time. Here the
 // channels are the vector lanes: each (tap, block of channels) accumulates in
 // registers along a row (kernel widths 3, 5, 7; a plain loop otherwise),
