@@ -76,7 +76,8 @@ AUTO_TABLE = {
     # (ResT-S 512x512: 6% of the whole backbone, inference and training)
     # and the fused kernel 2-6x; FlexAttention (inference only) loses to
     # SDPA. Re-measured on a Zen 2 EPYC (AVX2): the fused kernels are the
-    # slowest backend there too, sdpa the fastest or within the noise.
+    # slowest or next-slowest backend in every row there too, sdpa the
+    # fastest or within the noise.
     ('retention', 'cpu', 'decomposed', 'infer'): 'sdpa',
     ('retention', 'cpu', 'decomposed', 'train'): 'sdpa',
     ('retention', 'cpu', 'whole', 'infer'): 'sdpa',
