@@ -12,6 +12,7 @@ from .bricks import ConvMlp
 _CONVERTERS = {
     'convert_container': 'container_light',
     'convert_rest': 'rest',
+    'convert_restv2': 'restv2',
     'convert_riformer': 'riformer',
     'convert_rmt': 'rmt',
 }

@@ -12,7 +12,7 @@ import os
 import pytest
 import torch
 
-from mmvitmix.models import RMT, ContainerLight, ResT, RIFormer
+from mmvitmix.models import RMT, ContainerLight, ResT, ResTV2, RIFormer
 from tests.utils import GOLDEN_DIR
 
 #: backbone class -> a small ``arch`` dict (4 stages, fast on 2 cores)
@@ -36,6 +36,12 @@ TINY_ARCHS = {
         depths=[1, 1, 2, 1],
         sr_ratios=[8, 4, 2, 1],
         apply_transform=True),
+    ResTV2:
+    dict(
+        embed_dims=[16, 32, 48, 64],
+        num_heads=[1, 2, 3, 4],
+        depths=[1, 1, 2, 1],
+        sr_ratios=[8, 4, 2, 1]),
     ContainerLight:
     dict(
         embed_dim=[16, 32, 48, 64],
