@@ -537,3 +537,21 @@ def convert_restv2(state_dict: Dict[str, Tensor]) -> Dict[str, Tensor]:
 
 
 ResTV2.converter = staticmethod(convert_restv2)
+
+
+def convert_restv2_whole_model(
+        state_dict: Dict[str, Tensor],
+        out_indices: Optional[Sequence[int]] = None) -> Dict[str, Tensor]:
+    """Convert the authors' trained ResT v2 detector (detectron2: Mask
+    R-CNN, RetinaNet) or segmentor (mmseg 0.x: UperNet) checkpoint into
+    the mmdet 3.x / mmseg 1.x model of our matching config.
+
+    The backbone goes through :func:`convert_restv2` (``norm_{k}`` ->
+    ``norm{k-1}``), the rest through
+    :func:`mmvitmix.models.utils.whole_model.convert_whole_model`;
+    ``out_indices``: the stages our config's backbone returns (the other
+    output norms are dropped).
+    """
+    from ..utils.whole_model import convert_whole_model
+    return convert_whole_model(state_dict, convert_restv2, out_indices,
+                               'convert_restv2_whole_model')
