@@ -260,3 +260,27 @@ def test_cli_checks_against_the_config(tmp_path):
     ], env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode != 0
     assert 'does not fit' in proc.stderr and not bad.exists()
+
+
+@pytest.mark.slow  # the converter CLI in a subprocess
+def test_cli_classifier_for_the_384_fine_tuning(tmp_path):
+    """``--classifier`` writes the 224 classifier (backbone and head) for
+    ``load_from`` of restv2_*_in1k_384_ft.py."""
+    src = tmp_path / 'restv2_tiny_224.pth'
+    torch.save({'model': random_state(
+        official_shapes(**ResTV2.arch_settings['tiny']))}, src)
+    env = dict(os.environ)
+    env['PYTHONPATH'] = os.pathsep.join(
+        [str(REPO)] + ([env['PYTHONPATH']] if env.get('PYTHONPATH') else []))
+    dst = tmp_path / 'restv2_tiny_224_in1k_mmpretrain.pth'
+    proc = subprocess.run([
+        sys.executable,
+        str(REPO / 'tools' / 'model_converters' / 'rest2mmvitmix.py'),
+        str(src), str(dst), '--classifier'
+    ], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    converted = torch.load(dst, map_location='cpu')['state_dict']
+    model = build('restv2_tiny_in1k_384_ft.py')
+    assert check_against_model(model, converted) == []
+    cfg = Config.fromfile(str(CONFIGS / 'restv2_tiny_in1k_384_ft.py'))
+    assert cfg.load_from.endswith(dst.name)

@@ -19,6 +19,12 @@ stages 0-2 are not in those files and start at weight 1, bias 0. A
 detectron2 backbone file written by the official ``convert_to_d2.py``
 (``backbone.bottom_up.`` prefix) is accepted as well.
 
+``--classifier``: the whole ImageNet classifier in mmpretrain's
+``ImageClassifier`` layout (``backbone.*`` with ``norm3``, ``head.fc.*``),
+for ``load_from`` of the 384 fine-tuning configs
+(``configs/restv2/restv2_*_in1k_384_ft.py``) or to evaluate the official
+classifier with the ``*_in1k_cls.py`` configs.
+
 Whole detector / segmentor files (recognised automatically, or forced with
 ``--whole-model``): detectron2's FPN, RPN, RoI and RetinaNet heads become
 mmdet 3.x's, mmseg 0.x's heads keep their names
@@ -87,6 +93,27 @@ def convert_whole(args, state: dict, convert_fn) -> dict:
     return dict(converted=len(converted), dropped=dropped, dst=args.dst)
 
 
+def convert_classifier(args, state: dict, convert_fn) -> dict:
+    """The ImageNet classifier: backbone + ``head`` -> mmpretrain layout."""
+    check_output_path(args.dst, [args.src])
+    missing = [k for k in ('head.weight', 'head.bias') if k not in state]
+    if missing:
+        raise SystemExit(f'error: --classifier needs the ImageNet '
+                         f'classifier file; {args.src} has no {missing}')
+    converted = {'backbone.' + k: v for k, v in convert_fn(state).items()}
+    converted['head.fc.weight'] = state['head.weight']
+    converted['head.fc.bias'] = state['head.bias']
+    meta = dict(source=osp.abspath(args.src),
+                converter=f'{convert_fn.__name__} + head -> head.fc',
+                layout='mmpretrain ImageClassifier',
+                num_source_keys=len(state),
+                num_converted_keys=len(converted))
+    save_checkpoint_atomic({'state_dict': converted, 'meta': meta},
+                           args.dst, inputs=[args.src])
+    print(f'classifier: converted {len(converted)} keys -> {args.dst}')
+    return dict(converted=len(converted), dropped=[], dst=args.dst)
+
+
 def cli(argv=None):
     parser = argparse.ArgumentParser(
         description='Convert an official ResT v1 / v2 checkpoint to '
@@ -101,6 +128,9 @@ def cli(argv=None):
                         '0.x segmentor (found automatically)')
     parser.add_argument('--config', help='whole models: the mmvitmix '
                         'config the result must load into')
+    parser.add_argument('--classifier', action='store_true',
+                        help='ImageNet files: keep the head, write '
+                        "mmpretrain's ImageClassifier layout")
     args = parser.parse_args(argv)
     state = unwrap_state_dict(load_source(args.src, args.allow_pickle))
     version = 2 if is_restv2_state(state) else 1
@@ -108,6 +138,8 @@ def cli(argv=None):
     print(f'ResT v{version} checkpoint ({args.src})')
     if args.whole_model or whole_model_layout(state) is not None:
         return convert_whole(args, state, convert_fn)
+    if args.classifier:
+        return convert_classifier(args, state, convert_fn)
     if args.config:
         parser.error('--config applies to whole detector / segmentor files')
     rest = [args.src, args.dst] + (['--allow-pickle']
