@@ -15,7 +15,7 @@ sys.path.insert(0, str(REPO_ROOT / 'tools' / 'deploy'))
 import export_onnx  # noqa: E402
 
 from mmvitmix.models.backbones import (ContainerLight, ResT,  # noqa: E402
-                                       RIFormer, RMT)
+                                       ResTV2, RIFormer, RMT)
 from tests.test_ops.test_backbone_fused import REST_TINY, RMT_TINY  # noqa
 
 #: ONNX export + onnxruntime (about 5 minutes)
@@ -26,6 +26,11 @@ CONTAINER_TINY = dict(
     depth=[1, 1, 1, 1],
     num_heads=4,
     mlp_ratio=[2, 2, 2, 2])
+RESTV2_TINY = dict(
+    embed_dims=[16, 32, 48, 64],
+    num_heads=[1, 2, 3, 4],
+    depths=[1, 1, 1, 1],
+    sr_ratios=[8, 4, 2, 1])
 RIFORMER_TINY = dict(
     layers=[1, 1, 1, 1],
     embed_dims=[16, 32, 48, 64],
@@ -47,10 +52,11 @@ def _randomize_norms(model):
 @pytest.mark.parametrize('build, dynamic', [
     (lambda: RMT(arch=dict(RMT_TINY), drop_path_rate=0.), True),
     (lambda: ResT(arch=dict(REST_TINY), drop_path_rate=0.), True),
+    (lambda: ResTV2(arch=dict(RESTV2_TINY), drop_path_rate=0.), True),
     (lambda: ContainerLight(arch=copy.deepcopy(CONTAINER_TINY),
                             drop_path_rate=0.), False),
     (lambda: RIFormer(arch=dict(RIFORMER_TINY), drop_path_rate=0.), True),
-], ids=['rmt', 'rest', 'container', 'riformer'])
+], ids=['rmt', 'rest', 'restv2', 'container', 'riformer'])
 def test_backbones_export_and_match(tmp_path, build, dynamic):
     torch.manual_seed(0)
     backbone = build().eval()

@@ -46,13 +46,15 @@ sys.path.insert(0, str(ROOT))
 GIB = 2**30
 
 #: (type, arch): paper params (M) and FLOPs (G) at 224x224 as published:
-#: RMT and ResT papers / READMEs, MMPretrain 1.2.0's RIFormer metafile. The
+#: RMT and ResT (v1, v2) papers / READMEs, MMPretrain 1.2.0's RIFormer metafile. The
 #: Container repository publishes params only.
 PAPER = {
     ('RMT', 't'): (14, 2.5), ('RMT', 's'): (27, 4.5),
     ('RMT', 'b'): (54, 9.7), ('RMT', 'l'): (95, 18.2),
     ('ResT', 'lite'): (10.49, 1.4), ('ResT', 'small'): (13.66, 1.9),
     ('ResT', 'base'): (30.28, 4.3), ('ResT', 'large'): (51.63, 7.9),
+    ('ResTV2', 'tiny'): (30, 4.1), ('ResTV2', 'small'): (41, 6.0),
+    ('ResTV2', 'base'): (56, 7.9), ('ResTV2', 'large'): (87, 13.8),
     ('ContainerLight', 'light'): (21, None),
     ('RIFormer', 's12'): (11.92, 1.82), ('RIFormer', 's24'): (21.39, 3.41),
     ('RIFormer', 's36'): (30.86, 5.00), ('RIFormer', 'm36'): (56.17, 8.80),
@@ -124,7 +126,7 @@ def build_classifier(kind, arch, backend=None):
         drop_path_rate=0.)
     if kind == 'RMT':
         cfg['out_norm_cfg'] = None  # the official classifier has its own
-    if backend is not None and kind in ('RMT', 'ResT'):
+    if backend is not None and kind in ('RMT', 'ResT', 'ResTV2'):
         cfg['attn_backend'] = backend
     backbone = MODELS.build(cfg)
     dims = backbone.embed_dims[-1] if hasattr(backbone, 'embed_dims') \
@@ -275,8 +277,9 @@ def table_rows(args):
         model = build_classifier(kind, arch, args.backend)
         macs, params = count(model, torch.rand(1, 3, 224, 224), args.counter)
         p_params, p_flops = PAPER[(kind, arch)]
-        # RIFormer's paper figures are MMPretrain's (decimal G)
-        unit = 1e9 if kind == 'RIFormer' else GIB
+        # RIFormer's paper figures are MMPretrain's, ResT v2's the official
+        # README's: decimal G (docs/model_zoo.md, "FLOPs")
+        unit = 1e9 if kind in ('RIFormer', 'ResTV2') else GIB
         diff = _pct(macs / unit, p_flops) if p_flops else '-'
         row = (f'| {kind}-{arch} | {params / 1e6:.2f} | {p_params} | '
                f'{_g(macs)} | {_g(macs, GIB)} | '
@@ -374,7 +377,7 @@ def main(argv=None):
             cfg = dict(
                 type=f'mmvitmix.{args.target}', arch=arch,
                 drop_path_rate=0.)
-            if args.backend and args.target in ('RMT', 'ResT'):
+            if args.backend and args.target in ('RMT', 'ResT', 'ResTV2'):
                 cfg['attn_backend'] = args.backend
             model = MODELS.build(cfg).eval()
         else:

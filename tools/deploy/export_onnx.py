@@ -245,7 +245,8 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(
         description='Export to ONNX and check the file in onnxruntime.')
     parser.add_argument('target', help='config file, or a backbone type '
-                        '(mmvitmix.RMT, ResT, ContainerLight, RIFormer)')
+                        '(mmvitmix.RMT, ResT, ResTV2, ContainerLight, '
+                        'RIFormer)')
     parser.add_argument('paths', nargs='+', metavar='[CHECKPOINT] OUT',
                         help='optional checkpoint, then the output .onnx')
     parser.add_argument('--arch', help='backbone arch (backbone types only)')

@@ -200,8 +200,9 @@ class ResTV2Attention(nn.Module):
         # their reduced grid, upsampled back to the queries' grid
         identity = v.transpose(-1, -2).reshape(bsz, channels, red_h, red_w)
         identity = pixel_shuffle(self.up_conv(identity), self.sr_ratio)
-        if identity.shape[-2:] != (height, width):
-            identity = identity[:, :, :height, :width]
+        # the top-left height x width (a no-op view on multiples of sr;
+        # unconditional, so that an exported graph crops at every size)
+        identity = identity[:, :, :height, :width]
         identity = self.up_norm(identity.flatten(2).transpose(1, 2))
         return self.proj(out + identity)
 
