@@ -68,14 +68,23 @@ param_scheduler = [
         gamma=0.1)
 ]
 
-# official: AdamW lr 1e-4, betas (0.9, 0.999), weight decay 0.05 and none on
-# norm layers (detectron2's WEIGHT_DECAY_NORM 0), "full_model" gradient
-# clipping at L2 norm 0.01, mixed precision (SOLVER.AMP)
+# official (train_net.py: detectron2's get_default_optimizer_params): AdamW
+# lr 1e-4, betas (0.9, 0.999), weight decay 0.05, none on norm layers
+# (WEIGHT_DECAY_NORM 0) and 1e-4 on every bias (WEIGHT_DECAY_BIAS, bound to
+# detectron2's default WEIGHT_DECAY; applied after the norm rule, as
+# mmengine applies the longer key first), "full_model" gradient clipping at
+# L2 norm 0.01, mixed precision (SOLVER.AMP). The official output norms
+# norm_{k} are a custom LayerNorm class that detectron2 does not recognise
+# as a norm (weight decay 0.05 on their weights); here they are norms.
 optim_wrapper = dict(
     type='AmpOptimWrapper',
     loss_scale='dynamic',
     optimizer=dict(
         type='AdamW', lr=0.0001, betas=(0.9, 0.999), weight_decay=0.05),
-    paramwise_cfg=dict(norm_decay_mult=0.),
+    paramwise_cfg=dict(
+        custom_keys={
+            '.bias': dict(decay_mult=1e-4 / 0.05),
+            'norm': dict(decay_mult=0.)
+        }),
     clip_grad=dict(max_norm=0.01, norm_type=2))
 auto_scale_lr = dict(enable=False, base_batch_size=16)
