@@ -83,7 +83,11 @@ def run_checked(family: str, backend: str, model, x):
 def cases():
     for family in FAMILIES:
         for backend in (BACKENDS if family in ATTENTION else ('auto', )):
-            yield pytest.param(family, backend, id=f'{family}-{backend}')
+            # RMT's flex backend compiles FlexAttention (~20 s)
+            marks = [pytest.mark.slow] if (family, backend) == (
+                'rmt', 'flex') else []
+            yield pytest.param(
+                family, backend, id=f'{family}-{backend}', marks=marks)
 
 
 def run(model, x):
