@@ -41,11 +41,16 @@ def _register_library() -> None:
         return x.new_empty((x.shape[-1], 1, kh, kw))
 
 
+_REGISTERED = False
+
+
 def _weight_grad_op():
-    from . import _dispatch
-    return _dispatch.fused_op(
-        _OP, _register_library,
-        lambda *args: torch.ops.mmvitmix.dwconv_weight_grad(*args))
+    """The compiled op, its fake kernel registered on first use."""
+    global _REGISTERED
+    if not _REGISTERED:
+        _register_library()
+        _REGISTERED = True
+    return torch.ops.mmvitmix.dwconv_weight_grad
 
 
 class _DepthwiseConv2d(torch.autograd.Function):
@@ -91,9 +96,8 @@ def _compiled_grad_usable(x: Tensor, weight: Tensor) -> bool:
     from .backends import export_safe
     if export_safe():
         return False
-    from . import _dispatch
-    return (_dispatch.registered_kernel(_OP) is not None
-            or _dispatch.load_ext())
+    from .extension import has_kernel
+    return has_kernel(_OP, 'cpu')
 
 
 def depthwise_conv2d(x: Tensor,

@@ -1,5 +1,6 @@
 """RMT and ResT: every attention backend equals the reference path (tiny
-archs)."""
+archs; the fused kernels emulated on the host, tests/test_ops/cuda_emulation).
+"""
 import copy
 
 import pytest
@@ -8,7 +9,6 @@ from torch.testing import assert_close
 
 from mmvitmix.models.backbones.rest import ResT
 from mmvitmix.models.backbones.rmt import RMT
-from mmvitmix.ops import _dispatch
 
 RMT_TINY = dict(
     embed_dims=[16, 32, 48, 64],
@@ -28,9 +28,9 @@ REST_TINY = dict(
     apply_transform=True)
 
 
-@pytest.fixture(scope='module', autouse=True)
-def extension():
-    assert _dispatch.load_ext(), _dispatch.ext_error()
+@pytest.fixture(autouse=True)
+def _kernels(host_kernels):
+    return host_kernels
 
 
 def outputs_and_grads(model, x):

@@ -456,6 +456,8 @@ def main(argv=None):
     args.deadline = start + args.budget_s
     if args.device == 'cuda' and not torch.cuda.is_available():
         sys.exit('--device cuda: torch sees no CUDA device')
+    if args.device == 'cpu':  # the fused kernels run on CUDA GPUs only
+        args.backends = [b for b in args.backends if b != 'fused']
     if args.quick:
         args.warmup, args.repeats = 1, 2
         if args.device == 'cpu':  # no inductor compile in the test suite
@@ -472,9 +474,9 @@ def main(argv=None):
                  f'in {took:.0f} s') if err is None else 'FAILED'
         if err:
             problems.append(f'building the extension failed: {err}')
-    from mmvitmix.ops import _dispatch
-    if not _dispatch.load_ext():
-        problems.append(f'mmvitmix._ext did not load: {_dispatch.ext_error()}')
+    from mmvitmix.ops import extension
+    if not extension.load_ext():
+        problems.append(f'mmvitmix._ext did not load: {extension.ext_error()}')
     log('build:', build)
 
     rows = correctness(args, args.backends)
@@ -502,7 +504,7 @@ def main(argv=None):
         torch=torch.__version__, cuda=torch.version.cuda,
         python=platform.python_version(),
         date=time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime()),
-        build=build, ext_cuda_archs=_dispatch.ext_cuda_archs(),
+        build=build, ext_cuda_archs=extension.ext_cuda_archs(),
         time_dtype=args.time_dtype, correctness=rows, ops=ops_rows,
         backbone=backbone_rows, problems=problems,
         passed=not problems, elapsed_s=time.perf_counter() - start)

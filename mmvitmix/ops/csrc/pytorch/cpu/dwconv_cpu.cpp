@@ -22,7 +22,21 @@
 #include <cstring>
 #include <vector>
 
-#include "attention_cpu_utils.h"  // MMVITMIX_CPU_CLONES
+#if !defined(__GNUC__) && !defined(__clang__)
+#error "mmvitmix's CPU kernel needs GCC or Clang (vector extensions)"
+#endif
+
+// compiled once per x86 ISA level (AVX-512, AVX2+FMA, baseline), picked at
+// load time: one binary runs on any x86-64 CPU at its vector units' speed
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && \
+    defined(__linux__)
+#define MMVITMIX_CPU_CLONES \
+  __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define MMVITMIX_CPU_CLONES
+#endif
+
+#define MMVITMIX_INLINE inline __attribute__((always_inline))
 
 namespace mmvitmix {
 
