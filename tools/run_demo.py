@@ -25,9 +25,9 @@ import time
 from pathlib import Path
 
 # OpenMP threads that sleep instead of spinning while they wait: on a
-# machine whose cores are shared with other jobs, spinning threads made a
-# training step 3-10x slower (measured on 2 cores); on an idle machine the
-# difference is small. Must be set before torch is imported.
+# machine whose cores are shared with other jobs, spinning threads take the
+# cores the working threads need and slow every step several-fold; on an
+# idle machine the difference is small. Must be set before torch is imported.
 os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
 
 import numpy as np  # noqa: E402

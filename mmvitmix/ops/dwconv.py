@@ -4,12 +4,11 @@
 groups=channels)`` for a stride-1 depthwise convolution. The forward and the
 input gradient are torch's own (oneDNN) kernels. The weight gradient on CPU
 is ``torch.ops.mmvitmix.dwconv_weight_grad`` (``csrc/pytorch/cpu/
-dwconv_cpu.cpp``) and the bias gradient a plain sum: oneDNN's depthwise
-backward-weights primitive took 4.6-8.5x the forward time for RMT's 5x5
-filters on the AVX2 CPU benchmarked (and its bias gradient ran the whole
-primitive again; docs/benchmarks.md, "Current state",
-``tools/analysis_tools/benchmark_dwconv.py``); those gradients were a fifth
-of RMT's training step.
+dwconv_cpu.cpp``) and the bias gradient a plain sum, because oneDNN's
+depthwise backward-weights primitive is several times slower than the
+forward for RMT's 5x5 filters and computes the bias gradient by running the
+whole primitive again (figures per CPU: docs/benchmarks.md, from
+``tools/analysis_tools/benchmark_dwconv.py``).
 
 The compiled gradient is used only when it can run: CPU, float32/float64,
 a channels-last input, the extension loaded, a gradient asked for, no graph

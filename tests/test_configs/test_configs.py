@@ -233,8 +233,8 @@ def dataloader_pipeline(cfg: Config, split: str):
 
 @pytest.fixture(scope='module', autouse=True)
 def one_intra_op_thread():
-    """Tiny tensors: one thread avoids OpenMP spin-waits on shared cores
-    (measured 10x faster for a Mask R-CNN step on a loaded 2-core host)."""
+    """Tiny tensors: one thread avoids OpenMP spin-waits, which on shared
+    cores cost far more than the work of a tiny Mask R-CNN step."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

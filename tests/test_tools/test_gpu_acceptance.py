@@ -1,5 +1,5 @@
 """The GPU acceptance script runs end to end on CPU (``--quick``), so that
-it cannot rot between the sessions that have a GPU."""
+it cannot rot where no GPU runs it."""
 import json
 import sys
 

@@ -143,7 +143,7 @@ class RetentionAttention(nn.Module):
         bsz, height, width, _ = x.shape
         # three linears, not one on concatenated weights: q, k and v then
         # each own dense memory, which the rotary, the LePE conv and the
-        # attention read fastest (one linear was 2-4% slower in RMT-S here)
+        # attention read fastest (docs/benchmarks.md)
         q = self.q_proj(x)
         k = self.k_proj(x)
         v = self.v_proj(x)
@@ -493,10 +493,9 @@ class RMT(VitMixBackbone):
         """(B, C, H, W) -> tuple of (B, C_i, H_i, W_i) per ``out_indices``."""
         self.check_input(x)
         # inference: the stem runs channels-last (oneDNN's forward
-        # convolutions take NHWC memory as it is; RMT-S's stem at 512x512 on
-        # the benchmarked CPU: 53 instead of 99 ms); training: NCHW, whose
-        # backward is faster there (200 instead of 286 ms). The stages need
-        # channels-last memory either way (see Downsample).
+        # convolutions take NHWC memory as it is, faster); training: NCHW,
+        # whose backward is faster on CPU (figures: docs/benchmarks.md). The
+        # stages need channels-last memory either way (see Downsample).
         if not records_grad(self.stem):
             x = x.contiguous(memory_format=torch.channels_last)
         x = self.stem(x).permute(0, 2, 3, 1).contiguous()
