@@ -276,11 +276,11 @@ class ResT(VitMixBackbone):
         with_cp (bool): activation checkpointing per block. Default: False.
         attn_backend (str): implementation of the EMSA core: ``'auto'``
             (the measured fastest for the device, see docs/benchmarks.md;
-            ``MMVITMIX_ATTN_BACKEND`` overrides it), ``'fused'``,
-            ``'reference'``, ``'sdpa'`` or ``'flex'``
-            (:mod:`mmvitmix.ops.backends`; with head mixing the last two
-            run the reference, since torch's kernels cannot normalise whole
-            attention maps). Default: ``'auto'``.
+            ``MMVITMIX_ATTN_BACKEND`` overrides it), ``'fused'`` (CUDA
+            tensors only), ``'reference'``, ``'sdpa'`` or ``'flex'``
+            (:mod:`mmvitmix.ops.backends`; with head mixing ``'sdpa'`` is
+            torch's matmul/softmax on an exact reformulation and ``'flex'``
+            runs it too). Default: ``'auto'``.
         init_cfg (dict | None): ``dict(type='Pretrained', checkpoint=PATH)``
             loads an official or converted checkpoint. Default: None.
     """

@@ -324,8 +324,9 @@ class RMT(VitMixBackbone):
         attn_backend (str): implementation of the retention core:
             ``'auto'`` (the measured fastest for the device, see
             docs/benchmarks.md; ``MMVITMIX_ATTN_BACKEND`` overrides it),
-            ``'sdpa'``, ``'flex'``, ``'fused'`` or ``'reference'``
-            (:mod:`mmvitmix.ops.backends`). All compute the same function.
+            ``'sdpa'``, ``'flex'``, ``'fused'`` (CUDA tensors only) or
+            ``'reference'`` (:mod:`mmvitmix.ops.backends`). All compute the
+            same function.
             Default: ``'auto'``.
         init_cfg (dict | None): ``dict(type='Pretrained', checkpoint=PATH)``
             loads an official or converted checkpoint. Default: None.
