@@ -11,10 +11,10 @@
 # The log shows loss_kd, loss_mi_in and loss_mi_out. The checkpoint is the
 # student's alone: it loads into cls_riformer_demo.py, e.g.
 #   python tools/deploy/reparameterize.py configs/demo/cls_riformer_demo.py \
-#       work_dirs/demo_cls_riformer_distill/epoch_6.pth riformer_deploy.pth
+#       work_dirs/demo_cls_riformer_distill/epoch_15.pth riformer_deploy.pth
 _base_ = ['./cls_riformer_demo.py']
 
-teacher_ckpt = 'work_dirs/demo_cls_poolformer_teacher/epoch_6.pth'
+teacher_ckpt = 'work_dirs/demo_cls_poolformer_teacher/epoch_15.pth'
 
 model = dict(
     type='mmvitmix.RIFormerDistiller',
