@@ -13,8 +13,9 @@
 # could be read does not give them): see docs/riformer.md.
 # The schedule is MMPretrain's RIFormer recipe (riformer_s12_in1k_cls.py).
 #
-#   mkdir -p checkpoints/poolformer && wget -P checkpoints/poolformer \
-#     https://download.openmmlab.com/mmclassification/v0/poolformer/poolformer-s12_3rdparty_32xb128_in1k_20220414-f8d83051.pth
+#   F=poolformer-s12_3rdparty_32xb128_in1k_20220414-f8d83051.pth
+#   wget -P checkpoints/poolformer \
+#     https://download.openmmlab.com/mmclassification/v0/poolformer/$F
 #   python tools/train.py configs/riformer/riformer_s12_distill_in1k.py
 #
 # The checkpoints written hold the student only (no teacher): they load

@@ -39,7 +39,8 @@ def _train(config, work_dir, data, *options):
         'train_dataloader.dataset.indices=64',
         'val_dataloader.dataset.indices=32',
         'train_cfg.max_epochs=1', 'train_cfg.val_interval=1',
-        'default_hooks.checkpoint.interval=1', 'default_hooks.logger.interval=1',
+        'default_hooks.checkpoint.interval=1',
+        'default_hooks.logger.interval=1',
         *options
     ]
     proc = subprocess.run(

@@ -169,8 +169,9 @@ class RIFormerDistiller(ImageClassifier):
                              'off; set distill_loss, an imitation loss or '
                              'use_gt=True')
         if not isinstance(init_student_from_teacher, bool):
-            raise TypeError('RIFormerDistiller: init_student_from_teacher '
-                            f'must be a bool, got {init_student_from_teacher!r}')
+            raise TypeError(
+                'RIFormerDistiller: init_student_from_teacher must be a '
+                f'bool, got {init_student_from_teacher!r}')
         self.use_gt = use_gt
         self.init_student_from_teacher = init_student_from_teacher
         # kept out of the module tree on purpose (see the module docstring)
