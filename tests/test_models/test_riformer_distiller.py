@@ -147,6 +147,23 @@ def test_teacher_frozen_in_eval_mode_and_not_saved():
     assert not any(m.training for m in teacher.modules())
 
 
+def test_teacher_from_a_config_file_and_a_checkpoint(tmp_path):
+    source = build(seed=5)
+    path = tmp_path / 'teacher.pth'
+    torch.save({'state_dict': source.teacher.state_dict()}, path)
+    model = build(
+        teacher=str(REPO / 'configs' / 'demo' /
+                    'cls_poolformer_teacher_demo.py'),
+        teacher_ckpt=str(path))
+    assert len(model.imitation_pairs) == 5
+    for key, value in source.teacher.state_dict().items():
+        assert torch.equal(model.teacher.state_dict()[key], value), key
+    # strict: a checkpoint of another architecture is refused
+    torch.save({'state_dict': {'backbone.nope': torch.zeros(1)}}, path)
+    with pytest.raises(RuntimeError, match='nope'):
+        build(teacher_ckpt=str(path))
+
+
 def test_teacher_moves_with_the_student():
     model = build()
     model.to(torch.float64)
