@@ -133,6 +133,16 @@ def check_and_drop_pretrained(cfg: Config, path: Path) -> None:
                 kept.append(item)
         node['init_cfg'] = kept if len(kept) > 1 else (kept[0]
                                                          if kept else None)
+    # a distiller's teacher weights (RIFormerDistiller): a file under
+    # checkpoints/, or for the demo the teacher demo's work_dirs/ output
+    teacher_ckpt = cfg.model.get('teacher_ckpt')
+    if teacher_ckpt is not None:
+        allowed = ('checkpoints/', 'work_dirs/') if rel.parts[0] == 'demo' \
+            else ('checkpoints/', )
+        assert isinstance(teacher_ckpt, str) and teacher_ckpt.startswith(
+            allowed), (f'{rel}: model.teacher_ckpt {teacher_ckpt!r} must be '
+                       f'a path under {" or ".join(allowed)}')
+        cfg.model.teacher_ckpt = None
     downstream = cfg.default_scope in ('mmdet', 'mmseg')
     if downstream and rel.parts[0] != 'demo':
         assert 'model.backbone' in [where for where, _ in found], (
