@@ -148,6 +148,15 @@ def _build_model(model_cfg_text: str, scope: str):
 def build_model(cfg: Config):
     model_cfg = copy.deepcopy(cfg.model)
     strip_pretrained(model_cfg)
+    if 'teacher' in model_cfg:
+        # RIFormerDistiller keeps its frozen teacher out of the module tree
+        # (never optimised: tests/test_models/test_riformer_distiller.py), so
+        # the optimiser's groups are the student classifier's
+        model_cfg = dict(
+            type='ImageClassifier',
+            **{k: model_cfg[k]
+               for k in ('backbone', 'neck', 'head', 'data_preprocessor',
+                         'train_cfg', 'init_cfg') if k in model_cfg})
     # SyncBN needs no process group to be built, only to run
     text = Config(dict(model=model_cfg)).pretty_text
     return _build_model(text, cfg.default_scope)
