@@ -1,25 +1,26 @@
-"""Helpers shared by the tests."""
+"""Helpers shared by the tests (checks shared with the tools live in
+:mod:`mmvitmix.testing`)."""
+import importlib.util
+import re
 from pathlib import Path
 
 import torch
 
-#: golden fixtures of the official implementations (../shared/golden)
-GOLDEN_DIR = Path(__file__).resolve().parents[1].parent / 'shared' / 'golden'
 REPO_ROOT = Path(__file__).resolve().parents[1]
+#: golden fixtures of the official implementations (../shared/golden)
+GOLDEN_DIR = REPO_ROOT.parent / 'shared' / 'golden'
 
-
-def assert_close_rel(actual: torch.Tensor, expected: torch.Tensor,
-                     rel: float, abs_floor: float = 1e-4) -> None:
-    """Assert ``|a - e| <= rel * max|e| + tiny`` (relative to the tensor scale).
-
-    The golden fixtures promise ~1e-5 relative (1e-4 absolute on their
-    scales); a wrong mapping shows as O(1).
-    """
-    assert actual.shape == expected.shape, (actual.shape, expected.shape)
-    scale = expected.abs().max().item()
-    err = (actual.double() - expected.double()).abs().max().item()
-    assert err <= rel * scale + rel * abs_floor, (
-        f'max abs error {err:.3e} > {rel:g} x max|expected| {scale:.3e}')
+def load_script(path) -> object:
+    """A script of ``tools/`` or ``demo/`` (``path`` relative to the
+    repository root) imported as a module, under a name of its own, so that
+    its functions can be called in-process."""
+    path = REPO_ROOT / path
+    name = 'mmvitmix_script_' + re.sub(r'\W', '_', str(path.relative_to(
+        REPO_ROOT).with_suffix('')))
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def zeros_like_table(table: dict, device: str = 'cpu') -> dict:

@@ -1,22 +1,18 @@
 """tools/deploy/export_onnx.py: every backbone (tiny archs), a detector's
 backbone + neck and a whole segmentor, run in onnxruntime."""
 import copy
-import sys
 
 import pytest
 import torch
 
-from tests.utils import REPO_ROOT
+from mmvitmix.models.backbones import ContainerLight, ResT, RIFormer, RMT
+from tests.test_ops.test_backbone_fused import REST_TINY, RMT_TINY
+from tests.utils import REPO_ROOT, load_script
 
 pytest.importorskip('onnx')
 pytest.importorskip('onnxscript')
 pytest.importorskip('onnxruntime')
-sys.path.insert(0, str(REPO_ROOT / 'tools' / 'deploy'))
-import export_onnx  # noqa: E402
-
-from mmvitmix.models.backbones import (ContainerLight, ResT,  # noqa: E402
-                                       RIFormer, RMT)
-from tests.test_ops.test_backbone_fused import REST_TINY, RMT_TINY  # noqa
+export_onnx = load_script('tools/deploy/export_onnx.py')
 
 #: ONNX export + onnxruntime (about 5 minutes)
 pytestmark = pytest.mark.slow

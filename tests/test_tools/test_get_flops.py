@@ -12,10 +12,10 @@ import pytest
 import torch
 
 from mmvitmix.ops._dispatch import load_ext
+from tests.utils import load_script
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / 'tools' / 'analysis_tools'))
-import get_flops  # noqa: E402
+get_flops = load_script('tools/analysis_tools/get_flops.py')
 
 #: full-size models traced for FLOPs (about 2 minutes)
 pytestmark = pytest.mark.slow

@@ -11,8 +11,8 @@ import torch.nn as nn
 
 from mmvitmix.models.backbones.riformer import (RIFormer, RIFormerBlock,
                                                 convert_riformer)
-from tests.utils import REPO_ROOT, assert_close_rel, \
-    zeros_like_table
+from mmvitmix.testing import assert_close_rel
+from tests.utils import REPO_ROOT, zeros_like_table
 from .conftest import load_golden, load_golden_json
 
 TINY = dict(

@@ -9,7 +9,8 @@ from torch.testing import assert_close
 
 from mmvitmix.models.backbones.rmt import (RMT, RMT_CLASSIFIER_PREFIXES,
                                            convert_rmt)
-from tests.utils import assert_close_rel, zeros_like_table
+from mmvitmix.testing import assert_close_rel
+from tests.utils import zeros_like_table
 from .conftest import load_golden, load_golden_json
 
 GOLDEN_FILES = ['rmt_tiny_axial.pt', 'rmt_tiny_whole_ls.pt']
