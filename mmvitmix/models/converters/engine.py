@@ -18,8 +18,9 @@ and a call to :func:`convert_state`::
 
 Every key goes through the first rule whose pattern matches it whole; a key
 that no rule matches is an error (``KeyError`` naming the keys, see
-:func:`check_all_consumed`), so nothing is lost silently. Values are passed on as they are (the same tensor objects)
-unless the rule has a ``transform``.
+:func:`check_all_consumed`), so nothing is lost silently. Values are
+passed on as they are (the same tensor objects) unless the rule has a
+``transform``.
 """
 import logging
 import re
