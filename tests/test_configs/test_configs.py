@@ -562,12 +562,12 @@ def test_config_amp_train_step_on_cpu(name, monkeypatch, tmp_path):
     built as configured (not replaced), the step runs under bfloat16
     autocast, losses are finite and the weights move."""
     import argparse
-    import sys
-    sys.path.insert(0, str(REPO_ROOT / 'tools'))
-    from mmengine.optim.optimizer import amp_optimizer_wrapper
-    from train import apply_train_args
 
-    from _launch_utils import enable_cpu_amp
+    from mmengine.optim.optimizer import amp_optimizer_wrapper
+
+    from mmvitmix.apis import enable_cpu_amp
+    from tests.utils import load_script
+    apply_train_args = load_script('tools/train.py').apply_train_args
     if torch.cuda.is_available():
         pytest.skip('checks the CPU path of AmpOptimWrapper')
     # enable_cpu_amp relaxes a module global of mmengine: restore it after

@@ -13,7 +13,8 @@ from mmvitmix.ops.backends import (BACKENDS, check_backend, choose, common,
 from mmvitmix.ops.backends.fused import arch_list_covers
 from mmvitmix.ops.emsa import emsa_attention, emsa_attention_pytorch
 from mmvitmix.ops.retention import retention_attention
-from tests.test_ops.test_retention import log_decay_for
+from mmvitmix.testing import (emsa_inputs, retention_float64, rmt_inputs,
+                              run_retention)
 
 # (B, heads, H, W, Dk, Dv): odd sizes, batch > 1, one row, one column
 SHAPES = [
@@ -46,40 +47,12 @@ def ready(request):
     return prepare
 
 
-def rmt_inputs(shape, dtype=torch.float32, rotary=True, seed=0):
-    """Channels-last projections viewed as (B, heads, H, W, D), as RMT."""
-    bsz, heads, height, width, dk, dv = shape
-    gen = torch.Generator().manual_seed(seed)
-
-    def proj(dim):
-        x = torch.randn(bsz, height, width, heads, dim, generator=gen)
-        return x.to(dtype).permute(0, 3, 1, 2, 4)
-
-    q, k, v = proj(dk), proj(dk), proj(dv)
-    sin = cos = None
-    if rotary:
-        angle = torch.rand(dk // 2, generator=gen).repeat_interleave(2)
-        phase = torch.arange(height * width)[:, None] * angle[None]
-        sin = torch.sin(phase).reshape(height, width, dk).to(dtype)
-        cos = torch.cos(phase).reshape(height, width, dk).to(dtype)
-    return q, k, v, log_decay_for(heads), sin, cos
-
-
-def run(backend, q, k, v, log_decay, decomposed, sin, cos, grad_out=None):
-    q, k, v = (t.detach().requires_grad_(grad_out is not None)
-               for t in (q, k, v))
-    out = retention_attention(q, k, v, log_decay, decomposed, sin, cos,
-                              scale=q.shape[-1]**-0.5, backend=backend)
-    if grad_out is None:
-        return out.detach(), None
-    grads = torch.autograd.grad(out, (q, k, v), grad_out.to(out.dtype))
-    return out.detach(), grads
+run = run_retention
 
 
 def oracle(q, k, v, log_decay, decomposed, sin, cos, grad_out):
-    d = [t.double() if t is not None else None for t in (q, k, v, sin, cos)]
-    return run('reference', d[0], d[1], d[2], log_decay.double(), decomposed,
-               d[3], d[4], grad_out.double())
+    return retention_float64(q, k, v, log_decay, decomposed, sin, cos,
+                             grad_out)
 
 
 @pytest.mark.parametrize('shape', SHAPES)
@@ -159,18 +132,6 @@ def test_flex_training_on_cpu_is_a_clear_error():
 
 
 # ---------------------------------------------------------------- EMSA
-
-
-def emsa_inputs(mixed, dtype=torch.float32, heads=3, seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    bsz, n, m, d = 2, 23, 7, 8
-    q = torch.randn(bsz, n, heads, d, generator=gen).transpose(1, 2)
-    k = torch.randn(bsz, heads, m, d, generator=gen)
-    v = torch.randn(bsz, heads, m, d, generator=gen)
-    weight = torch.randn(heads, heads, generator=gen) if mixed else None
-    bias = torch.randn(heads, generator=gen) if mixed else None
-    return [t.to(dtype) if t is not None else None
-            for t in (q, k, v)] + [weight, bias]
 
 
 @pytest.mark.parametrize('mixed', [True, False])

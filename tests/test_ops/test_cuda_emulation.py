@@ -14,7 +14,8 @@ import torch
 from torch.testing import assert_close
 
 from mmvitmix.ops.emsa import emsa_attention_pytorch
-from tests.test_ops.test_retention import (log_decay_for, make_inputs,
+from mmvitmix.testing import log_decay_for
+from tests.test_ops.test_retention import (make_inputs,
                                            reference_5d)
 
 pytestmark = pytest.mark.slow  # every bucket and tile, float64 to bfloat16

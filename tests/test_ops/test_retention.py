@@ -14,6 +14,7 @@ from mmvitmix.ops.retention import (retention_1d, retention_1d_pytorch,
                                     retention_2d, retention_2d_pytorch,
                                     retention_attention)
 from mmvitmix.ops.rotary import theta_shift
+from mmvitmix.testing import log_decay_for
 
 requires_cuda = pytest.mark.skipif(
     not torch.cuda.is_available(), reason='no CUDA device visible')
@@ -22,12 +23,6 @@ requires_cuda = pytest.mark.skipif(
 @pytest.fixture(autouse=True)
 def _kernels(host_kernels):
     return host_kernels
-
-
-def log_decay_for(heads, dtype=torch.float32):
-    """RMT's decays: log(1 - 2^(-2 - 4h/heads))."""
-    h = torch.arange(heads, dtype=torch.float64)
-    return torch.log(1 - 2**(-2 - 4 * h / heads)).to(dtype)
 
 
 def reference_5d(q, k, v, log_decay, width):

@@ -7,7 +7,6 @@ trains a tiny RMT on it through ``tools/train.py`` (6 epochs, 144
 iterations, 64x64 inputs, one CPU thread). Chance is 1/3 (33.3%); seed 0
 reaches 92.6% val top-1 (README.md); the test asserts > 70%.
 """
-import importlib.util
 import os
 import re
 import subprocess
@@ -16,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.utils import load_script
+
 REPO = Path(__file__).resolve().parents[2]
 CONVERTER = REPO / 'tools' / 'dataset_converters' / 'make_demo_cls.py'
 CONFIG = REPO / 'configs' / 'demo' / 'cls_rmt_demo.py'
@@ -23,10 +24,7 @@ CLASSES = ('circle', 'square', 'triangle')
 
 
 def _load_converter():
-    spec = importlib.util.spec_from_file_location('make_demo_cls', CONVERTER)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(CONVERTER.relative_to(REPO))
 
 
 def _files(root: Path):

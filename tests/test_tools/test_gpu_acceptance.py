@@ -1,14 +1,12 @@
 """The GPU acceptance script runs end to end on CPU (``--quick``), so that
 it cannot rot where no GPU runs it."""
 import json
-import sys
 
 import pytest
 
-from tests.utils import REPO_ROOT
+from tests.utils import load_script
 
-sys.path.insert(0, str(REPO_ROOT / 'tools' / 'analysis_tools'))
-import gpu_acceptance  # noqa: E402
+gpu_acceptance = load_script('tools/analysis_tools/gpu_acceptance.py')
 
 #: the acceptance script in a subprocess
 pytestmark = pytest.mark.slow

@@ -12,9 +12,8 @@ are not in the official file and start at weight 1, bias 0. A detectron2
 file written by the official ``convert_to_d2.py`` (``backbone.bottom_up.``
 prefix) is accepted as well.
 """
-from _common import main
-
 from mmvitmix.models.backbones.rest import convert_rest
+from mmvitmix.models.converters import main
 
 if __name__ == '__main__':
     main(convert_rest, 'Convert an official ResT v1 checkpoint to mmvitmix.')

@@ -35,10 +35,11 @@ from mmvitmix.ops.dwconv import depthwise_conv2d
 from mmvitmix.ops.decay import RetentionDecay
 from mmvitmix.ops.retention import retention_attention
 from mmvitmix.registry import MODELS
-from .base import (VitMixBackbone, check_all_consumed, check_number,
-                   check_numbers, records_grad, run_blocks,
-                   strip_prefix_if_all, unwrap_state_dict)
-from .convert import Rule, convert_state, drop_prefixes, flat, rename_rules
+from ..converters import (Rule, check_all_consumed, convert_state,
+                          drop_prefixes, flat, rename_rules,
+                          strip_prefix_if_all, unwrap_state_dict)
+from .base import (VitMixBackbone, check_number, check_numbers, records_grad,
+                   run_blocks)
 
 # --------------------------------------------------------------------------
 # building blocks
