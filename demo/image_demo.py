@@ -22,16 +22,12 @@ classes) and writes the drawing to ``--out-file``.
 import argparse
 import os
 import os.path as osp
-import sys
 from typing import List, Optional
 
 import mmcv
 import numpy as np
 
-sys.path.insert(
-    0, osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), 'tools'))
-
-from _launch_utils import load_config  # noqa: E402
+from mmvitmix.apis import load_config
 
 
 def parse_args(argv=None):

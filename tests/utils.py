@@ -1,25 +1,75 @@
-"""Helpers shared by the tests."""
+"""Helpers shared by the tests (checks shared with the tools live in
+:mod:`mmvitmix.testing`)."""
+import copy
+import importlib.util
+import re
 from pathlib import Path
 
 import torch
 
-#: golden fixtures of the official implementations (../shared/golden)
-GOLDEN_DIR = Path(__file__).resolve().parents[1].parent / 'shared' / 'golden'
 REPO_ROOT = Path(__file__).resolve().parents[1]
+#: golden fixtures of the official implementations (../shared/golden)
+GOLDEN_DIR = REPO_ROOT.parent / 'shared' / 'golden'
+
+#: backbone type -> a small ``arch`` dict (4 stages, fast on 2 cores): the
+#: one tiny architecture of each backbone that every test builds
+TINY_ARCHS = {
+    'RMT':
+    dict(
+        embed_dims=[16, 32, 48, 64],
+        depths=[1, 1, 2, 1],
+        num_heads=[2, 2, 3, 4],
+        init_values=[2, 2, 2, 2],
+        heads_ranges=[4, 4, 6, 6],
+        mlp_ratios=[2, 2, 2, 2],
+        chunkwise_recurrents=[True, True, False, False],
+        layerscales=[False, False, True, True]),
+    'ResT':
+    dict(
+        embed_dims=[16, 32, 48, 64],
+        num_heads=[1, 2, 3, 4],
+        mlp_ratios=[2, 2, 2, 2],
+        qkv_bias=True,
+        depths=[1, 1, 2, 1],
+        sr_ratios=[8, 4, 2, 1],
+        apply_transform=True),
+    'ResTV2':
+    dict(
+        embed_dims=[16, 32, 48, 64],
+        num_heads=[1, 2, 3, 4],
+        depths=[1, 1, 2, 1],
+        sr_ratios=[8, 4, 2, 1]),
+    'ContainerLight':
+    dict(
+        embed_dim=[16, 32, 48, 64],
+        depth=[1, 1, 1, 2],
+        num_heads=4,
+        mlp_ratio=[2, 2, 2, 2]),
+    'RIFormer':
+    dict(
+        layers=[1, 1, 2, 1],
+        embed_dims=[16, 24, 32, 40],
+        mlp_ratios=[2, 2, 2, 2],
+        layer_scale_init_value=1e-5),
+}
 
 
-def assert_close_rel(actual: torch.Tensor, expected: torch.Tensor,
-                     rel: float, abs_floor: float = 1e-4) -> None:
-    """Assert ``|a - e| <= rel * max|e| + tiny`` (relative to the tensor scale).
+def tiny_arch(name: str) -> dict:
+    """A copy of the tiny ``arch`` of backbone type ``name``."""
+    return copy.deepcopy(TINY_ARCHS[name])
 
-    The golden fixtures promise ~1e-5 relative (1e-4 absolute on their
-    scales); a wrong mapping shows as O(1).
-    """
-    assert actual.shape == expected.shape, (actual.shape, expected.shape)
-    scale = expected.abs().max().item()
-    err = (actual.double() - expected.double()).abs().max().item()
-    assert err <= rel * scale + rel * abs_floor, (
-        f'max abs error {err:.3e} > {rel:g} x max|expected| {scale:.3e}')
+
+def load_script(path) -> object:
+    """A script of ``tools/`` or ``demo/`` (``path`` relative to the
+    repository root) imported as a module, under a name of its own, so that
+    its functions can be called in-process."""
+    path = REPO_ROOT / path
+    name = 'mmvitmix_script_' + re.sub(r'\W', '_', str(path.relative_to(
+        REPO_ROOT).with_suffix('')))
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def zeros_like_table(table: dict, device: str = 'cpu') -> dict:

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install the OpenMMLab stack that mmvitmix needs, on a fresh machine or an existing one.
 # Idempotent: each step is skipped when the pinned version is already importable.
-# Recipe and traps: docs/get_started.md (measured on a 2-core machine without a GPU).
+# Recipe and traps: docs/get_started.md.
 set -euo pipefail
 PY=${PYTHON:-python3}
 cd "$(dirname "$0")/.."

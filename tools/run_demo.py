@@ -25,18 +25,14 @@ import time
 from pathlib import Path
 
 # OpenMP threads that sleep instead of spinning while they wait: on a
-# machine whose cores are shared with other jobs, spinning threads made a
-# training step 3-10x slower (measured on 2 cores); on an idle machine the
-# difference is small. Must be set before torch is imported.
+# machine whose cores are shared with other jobs, spinning threads take the
+# cores the working threads need and slow every step several-fold; on an
+# idle machine the difference is small. Must be set before torch is imported.
 os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
 
 import numpy as np  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-try:
-    import mmvitmix  # noqa: F401
-except ImportError:  # run from a checkout without installing the package
-    sys.path.insert(0, str(REPO_ROOT))
 
 
 def parse_args(argv=None):
@@ -106,9 +102,13 @@ def ensure_data(root: Path) -> None:
         print(f'[demo] using the demo data in {root}')
         return
     print(f'[demo] generating the demo data in {root}')
-    sys.path.insert(0, str(REPO_ROOT / 'tools' / 'dataset_converters'))
-    from make_demo_data import generate
-    for key, value in generate(root).items():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(
+        'make_demo_data',
+        REPO_ROOT / 'tools' / 'dataset_converters' / 'make_demo_data.py')
+    make_demo_data = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(make_demo_data)
+    for key, value in make_demo_data.generate(root).items():
         print(f'[demo]   {key}: {value}')
 
 

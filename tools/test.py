@@ -12,16 +12,12 @@ Examples::
 """
 import argparse
 import os.path as osp
-import sys
 
-sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
+from mmengine.config import DictAction
 
-from mmengine.config import DictAction  # noqa: E402
-
-from _launch_utils import (LAUNCHERS, build_runner,  # noqa: E402
-                           check_annotation_files, load_config,
-                           prepare_cpu_distributed, set_local_rank,
-                           set_work_dir)
+from mmvitmix.apis import (LAUNCHERS, build_runner, check_annotation_files,
+                           load_config, prepare_cpu_distributed,
+                           set_local_rank, set_work_dir)
 
 
 def parse_args(argv=None):

@@ -1,17 +1,12 @@
 # Mask R-CNN with an RMT-T backbone trained FROM SCRATCH on the bundled demo
 # shapes (data/demo/coco, made by tools/dataset_converters/make_demo_data.py).
-# Sized to train on 2 CPU cores in about 8 minutes: 128x128 images, anchors
-# of 16-256 px for the 15-60 px shapes, fewer proposals and sampled RoIs, a
+# Sized to train on 2 CPU cores in minutes: 128x128 images, anchors of
+# 16-256 px for the 15-60 px shapes, fewer proposals and sampled RoIs, a
 # slimmer FPN/RoI head (128 channels), AdamW 2e-3 with warmup + cosine,
-# batch 4 x 360 iterations.
-# Measured (2 CPU cores, seed 0, `python tools/run_demo.py`), attention
-# backend auto (SDPA) on the AVX2 EPYC of 2026-12-01: 1.4-1.6 s/iteration,
-# 9.9 min in all; bbox mAP 0.556, segm mAP 0.593. With the fused kernels on
-# that machine: 1.6-1.7 s/iteration. Earlier, with the fused kernels on a
-# Zen 4 (AVX-512) machine: 0.7-0.9 s/iteration, 5.4 min, bbox 0.504, segm
-# 0.573. Reproducible run to run on one machine and backend; another backend
-# or build changes rounding and so the last digits (earlier builds: bbox
-# 0.482 / 0.537, segm 0.544 / 0.578).
+# batch 4 x 360 iterations. Time and mAP of `python tools/run_demo.py`, with
+# the CPU they were measured on: README.md, "The two commands". Reproducible
+# run to run on one machine and backend; another backend or build changes
+# rounding and so the last digits.
 # At 200 iterations, AdamW lr 1e-3 / 2e-3 / 4e-3 gave bbox mAP
 # 0.289 / 0.368 / 0.143.
 # Run it through tools/run_demo.py (`make demo`), or with any mmengine

@@ -2,8 +2,9 @@
 # (wofmanaf/ResT at 537086d: main.py defaults + get_started.md; see README):
 # DeiT recipe, 8 GPUs x 256 images, lr 5e-4 * 2048 / 512 = 2e-3, warm-up
 # from 1e-6 and min lr 1e-5 scaled the same way (4e-6, 4e-5), AdamW wd 0.05,
-# 5 warm-up epochs, cosine, 300 + 10 cool-down epochs, gradient clipping at
-# norm 5, no EMA (commented out in the v1 main.py), drop path 0.1.
+# 5 warm-up epochs, cosine, 300 epochs, gradient clipping at norm 5, no EMA
+# (commented out in the v1 main.py), drop path 0.1. Recipe record:
+# recipes.yml.
 _base_ = [
     '../_base_/models/imageclassifier_deit.py',
     '../_base_/datasets/imagenet_deit_224.py',
@@ -47,3 +48,7 @@ param_scheduler = [
         convert_to_iter_based=True),
 ]
 auto_scale_lr = dict(base_batch_size=2048)
+
+# the official v1 loop keeps the latest checkpoint and the best one (top-1)
+default_hooks = dict(
+    checkpoint=dict(interval=1, max_keep_ckpts=1, save_best='accuracy/top1'))

@@ -1,7 +1,8 @@
 # ResT-Small + RetinaNet, 1x schedule, COCO detection.
-# Port of the official wofmanaf/ResT object_detection/configs/ResTv1/
-# retinanet_rest_small_FPN_1x.yaml (with its Base-RetinaNet.yaml and
-# train_net.py, detectron2) to mmdet 3.x; see README.md.
+# Port of the official wofmanaf/ResT (v1 commit 508e30b) d2/configs/
+# COCO-Detection/retinanet_rest_small_FPN_1x.yaml (with its
+# Base-RetinaNet.yaml, defaults.py and train_net.py, detectron2) to mmdet
+# 3.x; see README.md.
 # retinanet_rest_base_1x.py inherits this file.
 # Batch: 8 GPUs x 2 images = 16, as the official runs (IMS_PER_BATCH 16).
 _base_ = [
@@ -51,13 +52,16 @@ train_pipeline = [
 ]
 train_dataloader = dict(dataset=dict(pipeline=train_pipeline))
 
-# official: AdamW lr 1e-4, betas (0.9, 0.999), weight decay 0.05 and none on
-# norm layers (detectron2's WEIGHT_DECAY_NORM 0). Base-RetinaNet.yaml does
-# not enable gradient clipping (detectron2's default is off), unlike the
-# Mask R-CNN base: none here either
+# official (detectron2 at the ResT v1 commit 508e30b): AdamW lr 1e-4, betas
+# (0.9, 0.999), weight decay 0.05, none on norm weights, 1e-4 on every bias
+# (see _base_/maskrcnn_rest_small.py), no gradient clipping
 optim_wrapper = dict(
     _delete_=True,
     type='OptimWrapper',
     optimizer=dict(
         type='AdamW', lr=0.0001, betas=(0.9, 0.999), weight_decay=0.05),
-    paramwise_cfg=dict(norm_decay_mult=0.))
+    paramwise_cfg=dict(
+        custom_keys={
+            '.bias': dict(decay_mult=1e-4 / 0.05),
+            'norm': dict(decay_mult=0.)
+        }))

@@ -16,3 +16,11 @@ model = dict(
         out_indices=(3, ),
         drop_path_rate=0.1,
         init_cfg=None))
+
+# MMPretrain's RIFormer token mixer is a depthwise 1x1 Conv2d, weight
+# (C, 1, 1, 1): decayed by the schedule's paramwise_cfg (no norm, bias or
+# flat exemption reaches it). Here the same weight is a (C, ) vector, which
+# flat_decay_mult=0 would exempt; this key restores the official groups.
+optim_wrapper = dict(
+    paramwise_cfg=dict(
+        custom_keys={'.token_mixer.weight': dict(decay_mult=1.0)}))

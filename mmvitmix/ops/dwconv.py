@@ -4,12 +4,11 @@
 groups=channels)`` for a stride-1 depthwise convolution. The forward and the
 input gradient are torch's own (oneDNN) kernels. The weight gradient on CPU
 is ``torch.ops.mmvitmix.dwconv_weight_grad`` (``csrc/pytorch/cpu/
-dwconv_cpu.cpp``) and the bias gradient a plain sum: oneDNN's depthwise
-backward-weights primitive took 4.6-8.5x the forward time for RMT's 5x5
-filters on the AVX2 CPU benchmarked (and its bias gradient ran the whole
-primitive again; docs/benchmarks.md, "Current state",
-``tools/analysis_tools/benchmark_dwconv.py``); those gradients were a fifth
-of RMT's training step.
+dwconv_cpu.cpp``) and the bias gradient a plain sum, because oneDNN's
+depthwise backward-weights primitive is several times slower than the
+forward for RMT's 5x5 filters and computes the bias gradient by running the
+whole primitive again (figures per CPU: docs/benchmarks.md, from
+``tools/analysis_tools/benchmark_dwconv.py``).
 
 The compiled gradient is used only when it can run: CPU, float32/float64,
 a channels-last input, the extension loaded, a gradient asked for, no graph
@@ -41,11 +40,16 @@ def _register_library() -> None:
         return x.new_empty((x.shape[-1], 1, kh, kw))
 
 
+_REGISTERED = False
+
+
 def _weight_grad_op():
-    from . import _dispatch
-    return _dispatch.fused_op(
-        _OP, _register_library,
-        lambda *args: torch.ops.mmvitmix.dwconv_weight_grad(*args))
+    """The compiled op, its fake kernel registered on first use."""
+    global _REGISTERED
+    if not _REGISTERED:
+        _register_library()
+        _REGISTERED = True
+    return torch.ops.mmvitmix.dwconv_weight_grad
 
 
 class _DepthwiseConv2d(torch.autograd.Function):
@@ -91,9 +95,8 @@ def _compiled_grad_usable(x: Tensor, weight: Tensor) -> bool:
     from .backends import export_safe
     if export_safe():
         return False
-    from . import _dispatch
-    return (_dispatch.registered_kernel(_OP) is not None
-            or _dispatch.load_ext())
+    from .extension import has_kernel
+    return has_kernel(_OP, 'cpu')
 
 
 def depthwise_conv2d(x: Tensor,

@@ -1,45 +1,26 @@
 """FLOP formulas of the attention seams, for the two counters in use.
 
-mmengine's ``FlopAnalyzer`` (``mmengine.analysis``, what MMDetection's and
-MMSegmentation's ``tools/analysis_tools/get_flops.py`` call; fvcore's
-counting rules) and ``torch.utils.flop_counter.FlopCounterMode`` count only
-the ops they have a formula for; without the ones below they count 0 for
-every attention backend but the reference, so a model's count depended on
-the backend that ran.
+mmengine's ``FlopAnalyzer`` (what MMDetection's and MMSegmentation's
+``get_flops.py`` call; fvcore's rules, one per multiply-add) and
+``torch.utils.flop_counter.FlopCounterMode`` (two per multiply-add) count
+only ops they have a formula for. The formulas below make every backend
+count what the seam's plain-PyTorch reference counts, its two matmuls (the
+decay, rotary, softmax and EMSA's normalisation are elementwise):
 
-The formulas make every backend count what the plain-PyTorch reference of
-the seam counts (its two matmuls; the decay bias, rotary shift, softmax and
-EMSA's normalisation are elementwise and neither counter counts them):
+* retention: ``B·heads·S·L·L·(Dk + Dv)`` multiply-adds for ``S`` sequences
+  of ``L`` tokens (decomposed ReSA: two such calls, W then H pass);
+* EMSA: ``B·heads·N·M·(Dk + Dv)``, plus ``B·heads·heads·N·M`` for the 1×1
+  mixing across heads.
 
-* retention (``mmvitmix::retention_forward``, and SDPA / FlexAttention with
-  the decay as a mask): ``q·kᵀ`` and ``P·v`` over every sequence,
-  ``B·heads·S·L·L·(Dk + Dv)`` multiply-adds for ``S`` sequences of ``L``
-  tokens (the W and H passes of decomposed ReSA are two such calls).
-* EMSA (``mmvitmix::emsa_forward``, head-mixed): the same two matmuls
-  ``B·heads·N·M·(Dk + Dv)`` plus the 1×1 mixing across heads,
-  ``B·heads·heads·N·M``.
-
-Units follow each counter: mmengine counts one per multiply-add (MACs, as
-fvcore), ``torch.utils.flop_counter`` two (FLOPs).
-
-Registered on import (``mmvitmix.ops`` imports this module):
-
-* mmengine: handles for ``aten::scaled_dot_product_attention``,
-  ``mmvitmix::retention_forward`` and ``mmvitmix::emsa_forward`` are added
-  to the defaults every new ``FlopAnalyzer`` starts from (so mmdet's and
-  mmseg's tools count them once a config's ``custom_imports`` has loaded
-  mmvitmix). Under ``torch.jit.trace`` (which the analyzer uses) the seams
-  run SDPA or the reference (:func:`mmvitmix.ops.backends.export_safe`).
-* torch: formulas for torch's CPU flash-attention op (torch registers the
-  CUDA ones itself) and, once the extension has loaded, for the two
-  compiled ops (:func:`register_torch_formulas`, called again by the op
-  modules when they register their fake kernels). ``FlopCounterMode``
-  copies the formula registry when it is constructed: call
-  ``register_torch_formulas(load_ext=True)`` before constructing one.
-
-FlexAttention (compiled) cannot run under ``FlopCounterMode`` in torch 2.13
-on CPU; under the mmengine analyzer it gives way to SDPA like every
-non-standard backend.
+Registered on import (``mmvitmix.ops`` imports this module): mmengine
+handles for ``aten::scaled_dot_product_attention`` and the two compiled ops
+(the analyzer traces, so the seams run standard ops:
+:data:`mmvitmix.ops.backends.EXPORT_BACKEND`), and torch formulas for
+torch's CPU flash-attention op and, once the extension has loaded, the two
+compiled ops (:mod:`mmvitmix.ops.backends.fused` registers them with its
+glue). ``FlopCounterMode`` copies the registry when constructed: call
+``register_torch_formulas(load_ext=True)`` first. Compiled FlexAttention
+cannot run under ``FlopCounterMode`` on CPU.
 """
 from math import prod
 from typing import Any, List, Optional, Sequence
@@ -121,17 +102,13 @@ def register_torch_formulas(load_ext: bool = False) -> None:
     the compiled ops only once the extension has defined them).
 
     ``FlopCounterMode`` copies the registry when it is constructed: call
-    this with ``load_ext=True`` before constructing one, so that the fused
-    ops are counted even when the extension has not been used yet (it loads
-    the extension if it was built; importing mmvitmix never does).
+    this with ``load_ext=True`` before constructing one, so that the
+    compiled ops are counted even when the extension has not been used yet
+    (it loads the extension if it was built; importing mmvitmix never does).
     """
     if load_ext:
-        from . import emsa, retention
-        for module in (retention, emsa):
-            try:
-                module._fused_op()  # loads the ext, registers fake kernels
-            except RuntimeError:
-                pass  # extension not built: nothing to count
+        from .extension import load_ext as _load
+        _load()
     aten = torch.ops.aten
     if 'sdpa_cpu' not in _TORCH_DONE:
         for name, formula in (

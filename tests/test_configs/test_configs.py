@@ -133,6 +133,16 @@ def check_and_drop_pretrained(cfg: Config, path: Path) -> None:
                 kept.append(item)
         node['init_cfg'] = kept if len(kept) > 1 else (kept[0]
                                                          if kept else None)
+    # a distiller's teacher weights (RIFormerDistiller): a file under
+    # checkpoints/, or for the demo the teacher demo's work_dirs/ output
+    teacher_ckpt = cfg.model.get('teacher_ckpt')
+    if teacher_ckpt is not None:
+        allowed = ('checkpoints/', 'work_dirs/') if rel.parts[0] == 'demo' \
+            else ('checkpoints/', )
+        assert isinstance(teacher_ckpt, str) and teacher_ckpt.startswith(
+            allowed), (f'{rel}: model.teacher_ckpt {teacher_ckpt!r} must be '
+                       f'a path under {" or ".join(allowed)}')
+        cfg.model.teacher_ckpt = None
     downstream = cfg.default_scope in ('mmdet', 'mmseg')
     if downstream and rel.parts[0] != 'demo':
         assert 'model.backbone' in [where for where, _ in found], (
@@ -233,8 +243,8 @@ def dataloader_pipeline(cfg: Config, split: str):
 
 @pytest.fixture(scope='module', autouse=True)
 def one_intra_op_thread():
-    """Tiny tensors: one thread avoids OpenMP spin-waits on shared cores
-    (measured 10x faster for a Mask R-CNN step on a loaded 2-core host)."""
+    """Tiny tensors: one thread avoids OpenMP spin-waits, which on shared
+    cores cost far more than the work of a tiny Mask R-CNN step."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
@@ -552,12 +562,12 @@ def test_config_amp_train_step_on_cpu(name, monkeypatch, tmp_path):
     built as configured (not replaced), the step runs under bfloat16
     autocast, losses are finite and the weights move."""
     import argparse
-    import sys
-    sys.path.insert(0, str(REPO_ROOT / 'tools'))
-    from mmengine.optim.optimizer import amp_optimizer_wrapper
-    from train import apply_train_args
 
-    from _launch_utils import enable_cpu_amp
+    from mmengine.optim.optimizer import amp_optimizer_wrapper
+
+    from mmvitmix.apis import enable_cpu_amp
+    from tests.utils import load_script
+    apply_train_args = load_script('tools/train.py').apply_train_args
     if torch.cuda.is_available():
         pytest.skip('checks the CPU path of AmpOptimWrapper')
     # enable_cpu_amp relaxes a module global of mmengine: restore it after

@@ -7,8 +7,8 @@ import torch
 pytest.importorskip('mmpretrain')
 
 from mmvitmix.models import RMT, RMTClsHead  # noqa: E402
-from .test_backbones.conftest import (assert_rel_close,  # noqa: E402
-                                      load_golden)
+from mmvitmix.testing import assert_close_rel  # noqa: E402
+from .test_backbones.conftest import load_golden  # noqa: E402
 
 
 @pytest.mark.parametrize('name', ['rmt_tiny_axial.pt', 'rmt_tiny_whole_ls.pt'])
@@ -32,7 +32,7 @@ def test_official_logits(name, tmp_path):
     head.init_weights()
     with torch.no_grad():
         logits = head(backbone(golden['input']))
-    assert_rel_close(logits, golden['logits'], 1e-5)
+    assert_close_rel(logits, golden['logits'], 1e-5)
 
 
 def test_image_classifier_end_to_end(tmp_path):
@@ -65,7 +65,7 @@ def test_image_classifier_end_to_end(tmp_path):
     model.eval()
     with torch.no_grad():
         logits = model(golden['input'], mode='tensor')
-    assert_rel_close(logits, golden['logits'], 1e-5)
+    assert_close_rel(logits, golden['logits'], 1e-5)
     # a training step runs
     model.train()
     from mmpretrain.structures import DataSample

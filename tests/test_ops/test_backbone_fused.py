@@ -1,5 +1,6 @@
 """RMT and ResT: every attention backend equals the reference path (tiny
-archs)."""
+archs; the fused kernels emulated on the host, tests/test_ops/cuda_emulation).
+"""
 import copy
 
 import pytest
@@ -8,29 +9,13 @@ from torch.testing import assert_close
 
 from mmvitmix.models.backbones.rest import ResT
 from mmvitmix.models.backbones.rmt import RMT
-from mmvitmix.ops import _dispatch
-
-RMT_TINY = dict(
-    embed_dims=[16, 32, 48, 64],
-    depths=[1, 1, 2, 1],
-    num_heads=[2, 2, 3, 4],
-    init_values=[2, 2, 2, 2],
-    heads_ranges=[4, 4, 6, 6],
-    mlp_ratios=[2, 2, 2, 2],
-    chunkwise_recurrents=[True, True, False, False])
-REST_TINY = dict(
-    embed_dims=[16, 32, 48, 64],
-    num_heads=[1, 2, 3, 4],
-    mlp_ratios=[2, 2, 2, 2],
-    qkv_bias=True,
-    depths=[1, 1, 2, 1],
-    sr_ratios=[8, 4, 2, 1],
-    apply_transform=True)
+from tests.utils import tiny_arch
 
 
-@pytest.fixture(scope='module', autouse=True)
-def extension():
-    assert _dispatch.load_ext(), _dispatch.ext_error()
+
+@pytest.fixture(autouse=True)
+def _kernels(host_kernels):
+    return host_kernels
 
 
 def outputs_and_grads(model, x):
@@ -45,8 +30,8 @@ def outputs_and_grads(model, x):
 @pytest.mark.slow  # real-size backbones, every backend, fwd + bwd
 @pytest.mark.parametrize('backend', ['fused', 'sdpa', 'auto'])
 @pytest.mark.parametrize('build', [
-    lambda: RMT(arch=dict(RMT_TINY), drop_path_rate=0.),
-    lambda: ResT(arch=dict(REST_TINY), drop_path_rate=0.),
+    lambda: RMT(arch=tiny_arch('RMT'), drop_path_rate=0.),
+    lambda: ResT(arch=tiny_arch('ResT'), drop_path_rate=0.),
 ],
                          ids=['rmt', 'rest'])
 def test_backend_equals_reference(build, backend, monkeypatch):
@@ -84,7 +69,7 @@ def test_backend_equals_reference(build, backend, monkeypatch):
 def test_rmt_under_cpu_autocast(backend, monkeypatch):
     """bfloat16 autocast: mixed q/k/v dtypes reach every backend."""
     torch.manual_seed(0)
-    model = RMT(arch=dict(RMT_TINY), drop_path_rate=0.).eval()
+    model = RMT(arch=tiny_arch('RMT'), drop_path_rate=0.).eval()
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad(), torch.autocast('cpu', dtype=torch.bfloat16):
         monkeypatch.setenv('MMVITMIX_ATTN_BACKEND', backend)

@@ -7,13 +7,14 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from mmvitmix.ops import _dispatch, backends
-from mmvitmix.ops.backends import (BACKENDS, arch_list_covers, check_backend,
-                                   requested_backend, resolve_emsa,
-                                   resolve_retention)
+from mmvitmix.ops import backends, extension, rotary
+from mmvitmix.ops.backends import (BACKENDS, check_backend, choose, common,
+                                   fused, requested_backend)
+from mmvitmix.ops.backends.fused import arch_list_covers
 from mmvitmix.ops.emsa import emsa_attention, emsa_attention_pytorch
 from mmvitmix.ops.retention import retention_attention
-from tests.test_ops.test_retention import log_decay_for
+from mmvitmix.testing import (emsa_inputs, retention_float64, rmt_inputs,
+                              run_retention)
 
 # (B, heads, H, W, Dk, Dv): odd sizes, batch > 1, one row, one column
 SHAPES = [
@@ -32,49 +33,34 @@ TOL = {
 @pytest.fixture(autouse=True)
 def clean_env(monkeypatch):
     monkeypatch.delenv(backends.ENV_VAR, raising=False)
-    monkeypatch.delenv(backends.LEGACY_ENV_VAR, raising=False)
 
 
-def rmt_inputs(shape, dtype=torch.float32, rotary=True, seed=0):
-    """Channels-last projections viewed as (B, heads, H, W, D), as RMT."""
-    bsz, heads, height, width, dk, dv = shape
-    gen = torch.Generator().manual_seed(seed)
+@pytest.fixture
+def ready(request):
+    """``ready(backend)``: for 'fused', the CUDA ops' host code registered
+    as their CPU kernels (tests/test_ops/cuda_emulation) for this test."""
 
-    def proj(dim):
-        x = torch.randn(bsz, height, width, heads, dim, generator=gen)
-        return x.to(dtype).permute(0, 3, 1, 2, 4)
+    def prepare(backend):
+        if backend == 'fused':
+            request.getfixturevalue('host_kernels')
 
-    q, k, v = proj(dk), proj(dk), proj(dv)
-    sin = cos = None
-    if rotary:
-        angle = torch.rand(dk // 2, generator=gen).repeat_interleave(2)
-        phase = torch.arange(height * width)[:, None] * angle[None]
-        sin = torch.sin(phase).reshape(height, width, dk).to(dtype)
-        cos = torch.cos(phase).reshape(height, width, dk).to(dtype)
-    return q, k, v, log_decay_for(heads), sin, cos
+    return prepare
 
 
-def run(backend, q, k, v, log_decay, decomposed, sin, cos, grad_out=None):
-    q, k, v = (t.detach().requires_grad_(grad_out is not None)
-               for t in (q, k, v))
-    out = retention_attention(q, k, v, log_decay, decomposed, sin, cos,
-                              scale=q.shape[-1]**-0.5, backend=backend)
-    if grad_out is None:
-        return out.detach(), None
-    grads = torch.autograd.grad(out, (q, k, v), grad_out.to(out.dtype))
-    return out.detach(), grads
+run = run_retention
 
 
 def oracle(q, k, v, log_decay, decomposed, sin, cos, grad_out):
-    d = [t.double() if t is not None else None for t in (q, k, v, sin, cos)]
-    return run('reference', d[0], d[1], d[2], log_decay.double(), decomposed,
-               d[3], d[4], grad_out.double())
+    return retention_float64(q, k, v, log_decay, decomposed, sin, cos,
+                             grad_out)
 
 
 @pytest.mark.parametrize('shape', SHAPES)
 @pytest.mark.parametrize('decomposed', [True, False])
 @pytest.mark.parametrize('backend', ['sdpa', 'fused', 'reference'])
-def test_retention_backends_match_float64(backend, decomposed, shape):
+def test_retention_backends_match_float64(backend, decomposed, shape,
+                                          ready):
+    ready(backend)
     q, k, v, log_decay, sin, cos = rmt_inputs(shape)
     grad_out = torch.randn(shape[:4] + (shape[5], ), dtype=torch.float64)
     want, want_grads = oracle(q, k, v, log_decay, decomposed, sin, cos,
@@ -90,7 +76,8 @@ def test_retention_backends_match_float64(backend, decomposed, shape):
 @pytest.mark.parametrize('dtype', [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize('decomposed', [True, False])
 @pytest.mark.parametrize('backend', ['sdpa', 'fused'])
-def test_retention_backends_low_precision(backend, decomposed, dtype):
+def test_retention_backends_low_precision(backend, decomposed, dtype, ready):
+    ready(backend)
     shape = (2, 2, 5, 6, 16, 16)
     q, k, v, log_decay, sin, cos = rmt_inputs(shape, dtype)
     grad_out = torch.randn(shape[:4] + (16, ), dtype=torch.float64)
@@ -106,7 +93,8 @@ def test_retention_backends_low_precision(backend, decomposed, dtype):
 
 @pytest.mark.parametrize('rotary', [True, False])
 @pytest.mark.parametrize('backend', ['sdpa', 'fused'])
-def test_retention_without_rotary_and_decay_grad(backend, rotary):
+def test_retention_without_rotary_and_decay_grad(backend, rotary, ready):
+    ready(backend)
     shape = (2, 2, 4, 5, 8, 8)
     q, k, v, log_decay, sin, cos = rmt_inputs(shape, rotary=rotary)
     decay = log_decay.clone().requires_grad_()
@@ -146,21 +134,10 @@ def test_flex_training_on_cpu_is_a_clear_error():
 # ---------------------------------------------------------------- EMSA
 
 
-def emsa_inputs(mixed, dtype=torch.float32, heads=3, seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    bsz, n, m, d = 2, 23, 7, 8
-    q = torch.randn(bsz, n, heads, d, generator=gen).transpose(1, 2)
-    k = torch.randn(bsz, heads, m, d, generator=gen)
-    v = torch.randn(bsz, heads, m, d, generator=gen)
-    weight = torch.randn(heads, heads, generator=gen) if mixed else None
-    bias = torch.randn(heads, generator=gen) if mixed else None
-    return [t.to(dtype) if t is not None else None
-            for t in (q, k, v)] + [weight, bias]
-
-
 @pytest.mark.parametrize('mixed', [True, False])
 @pytest.mark.parametrize('backend', BACKENDS)
-def test_emsa_backends_match_float64(backend, mixed):
+def test_emsa_backends_match_float64(backend, mixed, ready):
+    ready(backend)
     q, k, v, weight, bias = emsa_inputs(mixed)
     leaves = [t.requires_grad_() for t in (q, k, v)]
     out = emsa_attention(q, k, v, 0.35, weight, bias, 1e-5, backend=backend)
@@ -195,19 +172,16 @@ def test_argument_then_environment_then_auto(monkeypatch):
     monkeypatch.setenv(backends.ENV_VAR, 'quick')
     with pytest.raises(ValueError, match='MMVITMIX_ATTN_BACKEND'):
         requested_backend(None)
-    monkeypatch.delenv(backends.ENV_VAR)
-    monkeypatch.setenv(backends.LEGACY_ENV_VAR, '1')
-    assert requested_backend(None) == 'reference'
 
 
-def test_environment_reaches_the_seam(monkeypatch):
+def test_environment_reaches_the_seam(monkeypatch, host_kernels):
     calls = []
 
     def stand_in(*args, **kwargs):
         calls.append(args)
         raise RuntimeError('stand-in called')
 
-    monkeypatch.setitem(_dispatch._KERNELS, 'retention', stand_in)
+    monkeypatch.setattr(fused, 'retention', stand_in)
     q, k, v, log_decay, sin, cos = rmt_inputs((1, 2, 3, 4, 8, 8))
     retention_attention(q, k, v, log_decay, True, sin, cos)  # auto: no call
     monkeypatch.setenv(backends.ENV_VAR, 'fused')
@@ -224,35 +198,62 @@ def test_backbones_validate_attn_backend():
 
 
 def test_auto_table_covers_every_family():
+    """Every (op, device, family, mode) auto can meet has an entry, naming a
+    backend; EMSA without head mixing never consults the table."""
     for op, families in (('retention', ('decomposed', 'whole')),
-                         ('emsa', ('mixed', 'plain'))):
+                         ('emsa', ('mixed', ))):
         for device in ('cpu', 'cuda'):
             for family in families:
                 for mode in ('infer', 'train'):
                     choice = backends.AUTO_TABLE[(op, device, family, mode)]
-                    assert choice in BACKENDS and choice != 'auto'
+                    assert choice in backends.MODULES, choice
+    q, k, v, *_ = emsa_inputs(False)
+    for requested in BACKENDS[:-1]:
+        assert choose('emsa', requested, q, k, v, 'plain').NAME == 'sdpa'
+    assert choose('emsa', 'reference', q, k, v, 'plain').NAME == 'reference'
 
 
-def test_auto_falls_back_when_the_extension_is_missing(monkeypatch):
-    """auto never picks a kernel that cannot run: one warning, then sdpa."""
-    monkeypatch.setattr(_dispatch, '_EXT_LOADED', False)
-    monkeypatch.setattr(_dispatch, '_EXT_ERROR', 'simulated: not built')
-    monkeypatch.setattr(backends, '_WARNED', set())
+def test_auto_skips_a_backend_that_cannot_run(monkeypatch):
+    """auto never picks a backend that cannot take the inputs: one warning,
+    then the next of AUTO_FALLBACK."""
+    monkeypatch.setattr(extension, '_EXT_LOADED', False)
+    monkeypatch.setattr(extension, '_EXT_ERROR', 'simulated: not built')
+    monkeypatch.setattr(common, '_WARNED', set())
     monkeypatch.setitem(backends.AUTO_TABLE,
                         ('retention', 'cpu', 'whole', 'infer'), 'fused')
-    monkeypatch.setitem(backends.AUTO_TABLE,
-                        ('emsa', 'cpu', 'mixed', 'infer'), 'fused')
     q, k, v, *_ = rmt_inputs((1, 2, 3, 4, 8, 8))
     with pytest.warns(RuntimeWarning, match='simulated: not built'):
-        assert resolve_retention(None, q, k, v, False) == 'sdpa'
+        assert choose('retention', None, q, k, v, 'whole').NAME == 'sdpa'
     with warnings.catch_warnings():
         warnings.simplefilter('error')  # only once
-        assert resolve_retention(None, q, k, v, False) == 'sdpa'
-    with pytest.raises(RuntimeError, match='fused requested.*simulated'):
-        resolve_retention('fused', q, k, v, False)
-    with pytest.warns(RuntimeWarning, match='simulated'):
-        assert resolve_emsa('auto', q[:, :, 0], k[:, :, 0], v[:, :, 0],
-                            True) == 'reference'
+        assert choose('retention', None, q, k, v, 'whole').NAME == 'sdpa'
+    with pytest.raises(RuntimeError, match="'fused' cannot run.*simulated"):
+        choose('retention', 'fused', q, k, v, 'whole')
+
+
+@pytest.mark.parametrize('op', ['retention', 'emsa'])
+def test_fused_on_cpu_is_a_clear_error(op):
+    """The fused kernels are CUDA-only: asking for them on CPU tensors names
+    the reason and the backends that run there."""
+    message = (r"attn_backend='fused' cannot run this \w+ call on cpu "
+               r"float32 tensors: the fused kernels run on CUDA GPUs only, "
+               r"not on cpu tensors\. Backends that can: 'auto', 'sdpa', "
+               r"(?:'flex', )?'reference'")
+    if op == 'retention':
+        q, k, v, log_decay, sin, cos = rmt_inputs((1, 2, 3, 4, 8, 8))
+        call = lambda: retention_attention(  # noqa: E731
+            q, k, v, log_decay, True, sin, cos, backend='fused')
+    else:
+        q, k, v, weight, bias = emsa_inputs(True)
+        call = lambda: emsa_attention(  # noqa: E731
+            q, k, v, 0.3, weight, bias, backend='fused')
+    with pytest.raises(RuntimeError, match=message):
+        call()
+    from mmvitmix.models.backbones import RMT
+    model = RMT(arch='t', attn_backend='fused').eval()
+    with pytest.raises(RuntimeError, match="'fused' cannot run.*CUDA GPUs"):
+        with torch.no_grad():
+            model(torch.zeros(1, 3, 32, 32))
 
 
 @pytest.mark.parametrize('archs, cap, ok', [
@@ -270,21 +271,21 @@ def test_arch_list_covers(archs, cap, ok):
 
 
 def test_cuda_capability_check_names_the_rebuild(monkeypatch):
-    monkeypatch.setattr(_dispatch, 'ext_cuda_archs', lambda: ('8.0', '9.0'))
+    monkeypatch.setattr(extension, 'ext_cuda_archs', lambda: ('8.0', '9.0'))
     monkeypatch.setattr(torch.cuda, 'get_device_capability',
                         lambda index=None: (7, 5))
-    backends._cuda_capability_ok.cache_clear()
+    fused._cuda_capability_unsupported.cache_clear()
     try:
-        why = backends._cuda_capability_ok(0)
+        why = fused._cuda_capability_unsupported(0)
     finally:
-        backends._cuda_capability_ok.cache_clear()
+        fused._cuda_capability_unsupported.cache_clear()
     assert '7.5' in why and 'TORCH_CUDA_ARCH_LIST="7.5"' in why
 
 
 def test_extension_records_its_cuda_archs():
-    assert _dispatch.load_ext(), _dispatch.ext_error()
-    archs = _dispatch.ext_cuda_archs()
-    if _dispatch.ext_with_cuda():
+    assert extension.load_ext(), extension.ext_error()
+    archs = extension.ext_cuda_archs()
+    if extension.ext_with_cuda():
         # what setup.py was given (its default 8.0;9.0), entry by entry
         assert archs, 'the CUDA build recorded no architecture list'
         for arch in archs:
@@ -293,14 +294,15 @@ def test_extension_records_its_cuda_archs():
         assert archs is None
 
 
-def test_export_and_tracing_use_standard_ops(monkeypatch):
-    """Under torch.jit.trace the seams never reach a custom op."""
+def test_export_and_tracing_use_standard_ops(monkeypatch, host_kernels):
+    """Under torch.jit.trace the seams never reach a custom op, even where
+    the fused kernels could run."""
 
     def stand_in(*args, **kwargs):
         raise AssertionError('a custom kernel was traced')
 
-    monkeypatch.setitem(_dispatch._KERNELS, 'retention', stand_in)
-    monkeypatch.setitem(_dispatch._KERNELS, 'emsa', stand_in)
+    monkeypatch.setattr(fused, 'retention', stand_in)
+    monkeypatch.setattr(fused, 'emsa', stand_in)
     q, k, v, log_decay, sin, cos = rmt_inputs((1, 2, 3, 4, 8, 8))
     fn = (lambda q, k, v: retention_attention(
         q, k, v, log_decay, True, sin, cos, 0.5, backend='fused'))
@@ -324,10 +326,10 @@ def test_auto_on_cpu_follows_the_recorded_table():
     q, k, v, *_ = rmt_inputs((1, 2, 3, 4, 8, 8))
     for decomposed, family in ((True, 'decomposed'), (False, 'whole')):
         with torch.no_grad():
-            assert resolve_retention(None, q, k, v, decomposed) == \
+            assert choose('retention', None, q, k, v, family).NAME == \
                 backends.AUTO_TABLE[('retention', 'cpu', family, 'infer')]
         leaf = q.clone().requires_grad_()
-        assert resolve_retention(None, leaf, k, v, decomposed) == \
+        assert choose('retention', None, leaf, k, v, family).NAME == \
             backends.AUTO_TABLE[('retention', 'cpu', family, 'train')]
 
 
@@ -335,7 +337,9 @@ def test_auto_never_picks_flex_for_cpu_training(monkeypatch):
     monkeypatch.setitem(backends.AUTO_TABLE,
                         ('retention', 'cpu', 'whole', 'train'), 'flex')
     q, k, v, *_ = rmt_inputs((1, 2, 3, 4, 8, 8))
-    assert resolve_retention(None, q.requires_grad_(), k, v, False) == 'sdpa'
+    with pytest.warns(RuntimeWarning, match='backward on CPU'):
+        module = choose('retention', None, q.requires_grad_(), k, v, 'whole')
+    assert module.NAME == 'sdpa'
 
 
 @pytest.mark.parametrize('paired', [True, False])
@@ -344,14 +348,13 @@ def test_sdpa_rotary_paired_and_general_tables(paired, dtype):
     """RMT's tables come in equal pairs and take the complex-product rotary;
     any other (H, W, Dk) table takes the general formula. Both equal the
     reference's theta_shift."""
-    from mmvitmix.ops import retention
     shape = (2, 2, 5, 6, 8, 8)
     q, k, v, log_decay, sin, cos = rmt_inputs(shape, dtype)
     if not paired:
         gen = torch.Generator().manual_seed(3)
         sin = torch.rand(sin.shape, generator=gen).to(dtype)
         cos = torch.rand(cos.shape, generator=gen).to(dtype)
-    assert (retention.rotary_pairs(sin, cos) is not None) == paired
+    assert (rotary.rotary_pairs(sin, cos) is not None) == paired
     grad_out = torch.randn(2, 2, 5, 6, 8, dtype=dtype)
     want, want_grads = oracle(q, k, v, log_decay, True, sin, cos, grad_out)
     got, grads = run('sdpa', q, k, v, log_decay, True, sin, cos, grad_out)
@@ -408,11 +411,11 @@ def test_emsa_centred_is_the_reference_float64(grad):
 
 
 def test_emsa_flex_runs_the_sdpa_path_with_one_warning(monkeypatch):
-    monkeypatch.setattr(backends, '_WARNED', set())
+    monkeypatch.setattr(common, '_WARNED', set())
     q, k, v, weight, bias = emsa_inputs(True)
     with pytest.warns(RuntimeWarning, match='FlexAttention cannot express'):
-        assert resolve_emsa('flex', q, k, v, True) == 'sdpa'
+        assert choose('emsa', 'flex', q, k, v, 'mixed').NAME == 'sdpa'
     with warnings.catch_warnings():
         warnings.simplefilter('error')
-        assert resolve_emsa('sdpa', q, k, v, True) == 'sdpa'
-        assert resolve_emsa('flex', q, k, v, True) == 'sdpa'
+        assert choose('emsa', 'sdpa', q, k, v, 'mixed').NAME == 'sdpa'
+        assert choose('emsa', 'flex', q, k, v, 'mixed').NAME == 'sdpa'

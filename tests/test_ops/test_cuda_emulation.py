@@ -1,49 +1,29 @@
-"""The CUDA kernels' logic, run on the host (no GPU needed).
+"""The CUDA kernels on every head-dim bucket and tile configuration, run on
+the host by the launchers' own host code (no GPU needed).
 
-``cuda_emulation/`` compiles ``mmvitmix/ops/csrc/common/cuda/*_kernel.cuh``
-as C++ with every CUDA thread of a block a host thread and __syncthreads a
-barrier (see cuda_emulation.h). This checks the kernels' indexing, tiling,
-padding, synchronisation and the launchers' pre/post-processing against the
-reference; it says nothing about GPU speed.
-
-Runs by default, since it needs no GPU; the first run compiles the
-emulation module (about a minute on 2 cores; cached by torch afterwards).
-``MMVITMIX_TEST_CUDA_EMULATION=0`` skips it.
+``cuda_emulation/`` compiles ``mmvitmix/ops/csrc/common/cuda/*_cuda_host.h``
+(which includes the kernels) as C++ with every CUDA thread of a block a host
+thread and __syncthreads a barrier (see cuda_emulation.h). This checks the
+kernels' indexing, tiling, padding and synchronisation and the host code
+around them against the reference; it says nothing about GPU speed. The
+Python glue around the ops is tested through the same code in
+test_retention.py and test_emsa.py.
 """
-import os
-from pathlib import Path
-
 import pytest
 import torch
 from torch.testing import assert_close
 
 from mmvitmix.ops.emsa import emsa_attention_pytorch
-from tests.test_ops.test_retention import (log_decay_for, make_inputs,
+from mmvitmix.testing import log_decay_for
+from tests.test_ops.test_retention import (make_inputs,
                                            reference_5d)
 
-pytestmark = [
-    pytest.mark.slow,  # compiles the CUDA kernels for the host
-    pytest.mark.skipif(
-        os.environ.get('MMVITMIX_TEST_CUDA_EMULATION', '1') == '0',
-        reason='MMVITMIX_TEST_CUDA_EMULATION=0 skips the emulation')
-]
-
-HERE = Path(__file__).resolve().parent
-CSRC = HERE.parents[1] / 'mmvitmix' / 'ops' / 'csrc'
+pytestmark = pytest.mark.slow  # every bucket and tile, float64 to bfloat16
 
 
-@pytest.fixture(scope='module')
-def emu():
-    from torch.utils.cpp_extension import load
-    return load(
-        name='mmvitmix_cuda_emulation',
-        sources=[str(HERE / 'cuda_emulation' / 'emulation.cpp')],
-        extra_include_paths=[
-            str(CSRC / 'common'),
-            str(HERE / 'cuda_emulation')
-        ],
-        extra_cflags=['-O1', '-std=c++20', '-g0'],
-        verbose=False)
+@pytest.fixture
+def emu(host_kernels):
+    return host_kernels
 
 
 # (B, heads, S, L, Dk, Dv, width): one case per head-dim bucket (16, 32, 64,
@@ -62,7 +42,9 @@ RETENTION_CASES = [
                                         (torch.bfloat16, 3e-2)])
 def test_retention_kernels(emu, case, dtype, tol):
     q, k, v, _, width = make_inputs(case, dtype)
-    log_decay = log_decay_for(q.shape[1])
+    # the op returns the decay's gradient in the decay's dtype
+    log_decay = log_decay_for(q.shape[1], torch.float64
+                              if dtype == torch.float64 else torch.float32)
     out, lse = emu.retention_forward(q, k, v, log_decay, width)
     leaves = [t.detach().double().requires_grad_() for t in (q, k, v)]
     decay = log_decay.double().requires_grad_()
@@ -115,18 +97,21 @@ def test_emsa_kernels(emu, case, max_bytes, dtype, tol):
     bias = torch.randn(heads, generator=gen) * 0.1
     q, k, v, weight, bias = [t.to(dtype) for t in (q, k, v, weight, bias)]
     scale = dim**-0.5
-    out, lse, dev2 = emu.emsa_forward(q, k, v, weight, bias, scale, 1e-5,
-                                       max_bytes)
+    old = emu.set_max_shared_bytes(max_bytes)
+    try:
+        out, lse, dev2 = emu.emsa_forward(q, k, v, weight, bias, scale, 1e-5)
+        grad = torch.randn(out.shape, generator=gen).to(dtype)
+        dq, dk, dv_, dweight, _ = emu.emsa_backward(grad, q, k, v, weight,
+                                                    bias, out, lse, dev2,
+                                                    scale, 1e-5)
+    finally:
+        emu.set_max_shared_bytes(old)
     leaves = [
         t.detach().double().requires_grad_() for t in (q, k, v, weight, bias)
     ]
     ref = emsa_attention_pytorch(*leaves[:3], scale, *leaves[3:], 1e-5)
     assert_close(out.double(), ref, rtol=tol, atol=tol)
-    grad = torch.randn(out.shape, generator=gen).to(dtype)
     ref.backward(grad.double())
-    dq, dk, dv_, dweight = emu.emsa_backward(grad, q, k, v, weight, bias, out,
-                                             lse, dev2, scale, 1e-5,
-                                             max_bytes)
     for got, want in zip((dq, dk, dv_, dweight), leaves[:4]):
         scale_ = want.grad.abs().max().item() + 1
         assert_close(got.double(), want.grad, rtol=tol, atol=tol * scale_)

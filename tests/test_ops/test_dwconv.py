@@ -5,12 +5,12 @@ import torch
 import torch.nn.functional as F
 from torch.testing import assert_close
 
-from mmvitmix.ops import _dispatch
+from mmvitmix.ops import extension
 from mmvitmix.ops.dwconv import (_DepthwiseConv2d, depthwise_conv2d,
                                  dwconv_weight_grad_reference)
 
 needs_ext = pytest.mark.skipif(
-    not _dispatch.load_ext(), reason='mmvitmix._ext is not built')
+    not extension.load_ext(), reason='mmvitmix._ext is not built')
 
 # (N, C, H, W, kernel, padding): odd sizes, channel counts that fill the
 # 32-byte blocks and ones that leave a tail, every kernel-width path

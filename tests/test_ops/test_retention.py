@@ -1,28 +1,28 @@
-"""Fused retention attention (torch.ops.mmvitmix.retention_*) vs reference."""
+"""The fused retention op (torch.ops.mmvitmix.retention_*) vs the reference.
+
+On the CPU the op runs the CUDA host code and kernels emulated on the host
+(the ``host_kernels`` fixture, tests/test_ops/cuda_emulation); on a GPU the
+same checks run against the compiled kernels (``requires_cuda``).
+"""
 import pytest
 import torch
 from torch.testing import assert_close
 
-from mmvitmix.ops import _dispatch
-from mmvitmix.ops.retention import (_retention_fused, retention_1d,
-                                    retention_1d_pytorch, retention_2d,
-                                    retention_2d_pytorch, retention_attention)
+from mmvitmix.ops.backends import fused
+from mmvitmix.ops.backends.fused import retention_op as _retention_fused
+from mmvitmix.ops.retention import (retention_1d, retention_1d_pytorch,
+                                    retention_2d, retention_2d_pytorch,
+                                    retention_attention)
+from mmvitmix.ops.rotary import theta_shift
+from mmvitmix.testing import log_decay_for
 
 requires_cuda = pytest.mark.skipif(
     not torch.cuda.is_available(), reason='no CUDA device visible')
 
 
-@pytest.fixture(scope='module', autouse=True)
-def extension():
-    assert _dispatch.load_ext(), (
-        f'mmvitmix._ext did not load ({_dispatch.ext_error()}); build it '
-        'with `pip install --no-build-isolation -e .`')
-
-
-def log_decay_for(heads, dtype=torch.float32):
-    """RMT's decays: log(1 - 2^(-2 - 4h/heads))."""
-    h = torch.arange(heads, dtype=torch.float64)
-    return torch.log(1 - 2**(-2 - 4 * h / heads)).to(dtype)
+@pytest.fixture(autouse=True)
+def _kernels(host_kernels):
+    return host_kernels
 
 
 def reference_5d(q, k, v, log_decay, width):
@@ -152,12 +152,47 @@ def test_retention_attention_seam(decomposed, monkeypatch):
     assert out.permute(0, 2, 3, 1, 4).is_contiguous()
     grad = torch.randn(out.shape, generator=gen)
     fused_grads = torch.autograd.grad(out, (q, k, v), grad)
-    monkeypatch.setenv('MMVITMIX_FORCE_REFERENCE', '1')
+    monkeypatch.setenv('MMVITMIX_ATTN_BACKEND', 'reference')
     ref = retention_attention(q, k, v, log_decay, decomposed)
     ref_grads = torch.autograd.grad(ref, (q, k, v), grad)
     assert_close(out, ref, rtol=1e-5, atol=1e-5)
     for got, want in zip(fused_grads, ref_grads):
         assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize('decomposed', [True, False])
+def test_seam_with_rotary_tables_equals_reference(decomposed):
+    """RMT's call: un-rotated projections, tables and scale; fused (torch
+    rotates, the kernel attends) against the reference in float64."""
+    bsz, heads, height, width, dim = 1, 2, 5, 6, 8
+    gen = torch.Generator().manual_seed(3)
+    q, k, v = (torch.randn(bsz, heads, height, width, dim, generator=gen,
+                           dtype=torch.float64).requires_grad_()
+               for _ in range(3))
+    angle = torch.rand(dim // 2, generator=gen, dtype=torch.float64)
+    phase = torch.arange(height * width, dtype=torch.float64)[:, None] * \
+        angle.repeat_interleave(2)[None]
+    sin = phase.sin().reshape(height, width, dim)
+    cos = phase.cos().reshape(height, width, dim)
+    log_decay = log_decay_for(heads, torch.float64)
+    grad = torch.randn(bsz, heads, height, width, dim, generator=gen,
+                       dtype=torch.float64)
+    results = []
+    for backend in ('fused', 'reference'):
+        out = retention_attention(q, k, v, log_decay, decomposed, sin=sin,
+                                  cos=cos, scale=dim**-0.5, backend=backend)
+        results.append((out, torch.autograd.grad(out, (q, k, v), grad)))
+    (out, grads), (ref, ref_grads) = results
+    assert_close(out, ref, rtol=1e-10, atol=1e-10)
+    for got, want in zip(grads, ref_grads):
+        assert_close(got, want, rtol=1e-10, atol=1e-10)
+    # and the reference is the official formula: k·scale, then theta_shift
+    official = reference_5d(
+        theta_shift(q, sin, cos).flatten(2, 3).unsqueeze(2),
+        theta_shift(k * dim**-0.5, sin, cos).flatten(2, 3).unsqueeze(2),
+        v.flatten(2, 3).unsqueeze(2), log_decay, width)
+    if not decomposed:
+        assert_close(ref.flatten(2, 3), official[:, :, 0])
 
 
 def test_1d_and_2d_seams_use_the_kernel():
@@ -177,12 +212,12 @@ def test_1d_and_2d_seams_use_the_kernel():
         retention_2d(q, k, v, log_decay, (5, 4))
 
 
-def test_force_reference_env_skips_the_kernel(monkeypatch):
+def test_reference_env_skips_the_kernel(monkeypatch):
     def no_kernel(*args, **kwargs):
         raise AssertionError('the fused kernel was asked for')
 
-    monkeypatch.setenv('MMVITMIX_FORCE_REFERENCE', '1')
-    monkeypatch.setitem(_dispatch._KERNELS, 'retention', no_kernel)
+    monkeypatch.setenv('MMVITMIX_ATTN_BACKEND', 'reference')
+    monkeypatch.setattr(fused, 'retention', no_kernel)
     q, k, v, log_decay, _ = make_inputs((1, 2, 1, 10, 8, 8, 0))
     q5 = q[:, :, 0].unsqueeze(2).expand(1, 2, 3, 10, 8)
     out = retention_attention(q5, q5, q5, log_decay, True)

@@ -7,13 +7,14 @@
 * mmdet's CocoDataset and mmseg's BaseSegDataset load one sample each with
   the pipelines of the demo configs.
 """
-import importlib.util
 import json
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
+
+from tests.utils import load_script
 
 REPO = Path(__file__).resolve().parents[2]
 DEMO = REPO / 'data' / 'demo'
@@ -22,14 +23,7 @@ DET_CONFIG = REPO / 'configs' / 'demo' / 'maskrcnn_rmt_t_demo.py'
 SEG_CONFIG = REPO / 'configs' / 'demo' / 'fpn_rmt_t_demo_ade.py'
 
 
-def _load_generator():
-    spec = importlib.util.spec_from_file_location('make_demo_data', GENERATOR)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-gen = _load_generator()
+gen = load_script(GENERATOR.relative_to(REPO))
 
 
 def _all_files(root: Path):

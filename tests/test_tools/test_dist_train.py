@@ -12,7 +12,6 @@ generated into a temporary folder that the tools run in, so the runs do not
 depend on the repository's data and stay short (2 iterations, batch 1,
 no validation while training).
 """
-import importlib.util
 import json
 import math
 import os
@@ -24,6 +23,8 @@ from pathlib import Path
 
 import pytest
 import torch
+
+from tests.utils import load_script
 
 #: whole training / test runs in subprocesses (minutes)
 pytestmark = pytest.mark.slow
@@ -86,11 +87,7 @@ def demo_root(tmp_path_factory):
     """A folder holding a tiny ``data/demo`` (COCO and ADE layouts)."""
     for cfg in (DET_CFG, SEG_CFG):
         assert cfg.is_file(), f'demo config {cfg} is missing'
-    spec = importlib.util.spec_from_file_location(
-        'mmvitmix_make_demo_data',
-        TOOLS / 'dataset_converters' / 'make_demo_data.py')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script('tools/dataset_converters/make_demo_data.py')
     root = tmp_path_factory.mktemp('demo_root')
     assert module.main([
         '--out', str(root / 'data' / 'demo'), '--num-train', '4',

@@ -1,41 +1,19 @@
 """tools/deploy/export_onnx.py: every backbone (tiny archs), a detector's
 backbone + neck and a whole segmentor, run in onnxruntime."""
-import copy
-import sys
-
 import pytest
 import torch
 
-from tests.utils import REPO_ROOT
+from mmvitmix.models.backbones import (ContainerLight, ResT, ResTV2,
+                                       RIFormer, RMT)
+from tests.utils import REPO_ROOT, load_script, tiny_arch
 
 pytest.importorskip('onnx')
 pytest.importorskip('onnxscript')
 pytest.importorskip('onnxruntime')
-sys.path.insert(0, str(REPO_ROOT / 'tools' / 'deploy'))
-import export_onnx  # noqa: E402
-
-from mmvitmix.models.backbones import (ContainerLight, ResT,  # noqa: E402
-                                       ResTV2, RIFormer, RMT)
-from tests.test_ops.test_backbone_fused import REST_TINY, RMT_TINY  # noqa
+export_onnx = load_script('tools/deploy/export_onnx.py')
 
 #: ONNX export + onnxruntime (about 5 minutes)
 pytestmark = pytest.mark.slow
-
-CONTAINER_TINY = dict(
-    embed_dim=[16, 32, 48, 64],
-    depth=[1, 1, 1, 1],
-    num_heads=4,
-    mlp_ratio=[2, 2, 2, 2])
-RESTV2_TINY = dict(
-    embed_dims=[16, 32, 48, 64],
-    num_heads=[1, 2, 3, 4],
-    depths=[1, 1, 1, 1],
-    sr_ratios=[8, 4, 2, 1])
-RIFORMER_TINY = dict(
-    layers=[1, 1, 1, 1],
-    embed_dims=[16, 32, 48, 64],
-    mlp_ratios=[2, 2, 2, 2],
-    layer_scale_init_value=1e-5)
 
 
 def _randomize_norms(model):
@@ -50,12 +28,12 @@ def _randomize_norms(model):
 
 
 @pytest.mark.parametrize('build, dynamic', [
-    (lambda: RMT(arch=dict(RMT_TINY), drop_path_rate=0.), True),
-    (lambda: ResT(arch=dict(REST_TINY), drop_path_rate=0.), True),
-    (lambda: ResTV2(arch=dict(RESTV2_TINY), drop_path_rate=0.), True),
-    (lambda: ContainerLight(arch=copy.deepcopy(CONTAINER_TINY),
+    (lambda: RMT(arch=tiny_arch('RMT'), drop_path_rate=0.), True),
+    (lambda: ResT(arch=tiny_arch('ResT'), drop_path_rate=0.), True),
+    (lambda: ResTV2(arch=tiny_arch('ResTV2'), drop_path_rate=0.), True),
+    (lambda: ContainerLight(arch=tiny_arch('ContainerLight'),
                             drop_path_rate=0.), False),
-    (lambda: RIFormer(arch=dict(RIFORMER_TINY), drop_path_rate=0.), True),
+    (lambda: RIFormer(arch=tiny_arch('RIFormer'), drop_path_rate=0.), True),
 ], ids=['rmt', 'rest', 'restv2', 'container', 'riformer'])
 def test_backbones_export_and_match(tmp_path, build, dynamic):
     torch.manual_seed(0)

@@ -29,12 +29,10 @@ import numpy as np
 import pytest
 import torch
 
+from mmvitmix.apis import check_annotation_files, choose_resume_checkpoint
+
 REPO = Path(__file__).resolve().parents[2]
 TOOLS = REPO / 'tools'
-sys.path.insert(0, str(TOOLS))
-
-from _launch_utils import (check_annotation_files,  # noqa: E402
-                           choose_resume_checkpoint)
 
 #: final weights and per-iteration losses, 2 processes x batch 1 vs 1 x 2:
 #: the gradients are averaged in another order (DDP's all-reduce vs the

@@ -11,17 +11,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from mmvitmix.ops._dispatch import load_ext
+from tests.test_ops.cuda_emulation import host_kernels
+from tests.utils import load_script, tiny_arch
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / 'tools' / 'analysis_tools'))
-import get_flops  # noqa: E402
+get_flops = load_script('tools/analysis_tools/get_flops.py')
 
 #: full-size models traced for FLOPs (about 2 minutes)
 pytestmark = pytest.mark.slow
 
-BACKENDS = ['reference', 'sdpa', 'flex', 'auto'] + (['fused']
-                                                     if load_ext() else [])
+#: 'fused' runs the CUDA ops' host code emulated on the CPU (host_kernels)
+BACKENDS = ['reference', 'sdpa', 'flex', 'auto', 'fused']
 
 
 def test_rmt_t_equals_the_official_fvcore_count():
@@ -35,35 +35,27 @@ def test_rmt_t_equals_the_official_fvcore_count():
     assert round(macs / 2**30, 1) == 2.5
 
 
-TINY = {
-    'RMT': dict(embed_dims=[16, 32, 32, 32], depths=[1, 1, 1, 1],
-                num_heads=[2, 2, 2, 2], init_values=[2, 2, 2, 2],
-                heads_ranges=[4, 4, 4, 4], mlp_ratios=[2, 2, 2, 2],
-                chunkwise_recurrents=[True, True, False, False]),
-    'ResT': dict(embed_dims=[16, 32, 32, 32], num_heads=[1, 2, 2, 2],
-                 mlp_ratios=[2, 2, 2, 2], qkv_bias=True, depths=[1, 1, 1, 1],
-                 sr_ratios=[8, 4, 2, 1], apply_transform=True),
-}
-
-
 @pytest.mark.parametrize('kind', ['RMT', 'ResT'])
 def test_every_backend_counts_the_same(kind):
     x = torch.rand(1, 3, 64, 64)
-    counts = {
-        b: get_flops.count(get_flops.build_classifier(kind, TINY[kind], b),
-                           x)[0]
-        for b in BACKENDS
-    }
+    with host_kernels():
+        counts = {
+            b: get_flops.count(
+                get_flops.build_classifier(kind, tiny_arch(kind), b), x)[0]
+            for b in BACKENDS
+        }
     assert len(set(counts.values())) == 1, counts
 
 
 def test_torch_counter_every_backend():
     x = torch.rand(1, 3, 64, 64)
-    counts = {
-        b: get_flops.count(get_flops.build_classifier('RMT', TINY['RMT'], b),
-                           x, 'torch')[0]
-        for b in BACKENDS if b != 'flex'
-    }
+    with host_kernels():
+        counts = {
+            b: get_flops.count(
+                get_flops.build_classifier('RMT', tiny_arch('RMT'), b), x,
+                'torch')[0]
+            for b in BACKENDS if b != 'flex'
+        }
     assert len(set(counts.values())) == 1, counts
 
 

@@ -1,11 +1,12 @@
 """demo/image_demo.py end to end on CPU: detection, segmentation and
 classification configs through the downstream Inferencers, a PNG written."""
-import importlib.util
 from pathlib import Path
 
 import mmcv
 import pytest
 import torch
+
+from tests.utils import load_script
 
 REPO = Path(__file__).resolve().parents[2]
 DEMO = REPO / 'demo' / 'image_demo.py'
@@ -16,10 +17,7 @@ pytestmark = pytest.mark.slow  # full-size models built and run
 
 
 def _demo():
-    spec = importlib.util.spec_from_file_location('image_demo', DEMO)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script('demo/image_demo.py')
 
 
 def _first(folder):

@@ -4,7 +4,6 @@ No training here: config dispatch, argument handling, the CPU fallbacks of
 multi-process launches and the command lines the shell scripts build.
 """
 import importlib
-import importlib.util
 import os
 import stat
 import subprocess
@@ -14,21 +13,15 @@ import pytest
 import torch
 from mmengine.config import Config
 
+from mmvitmix.apis import launch
+from tests.utils import load_script
+
 REPO = Path(__file__).resolve().parents[2]
 TOOLS = REPO / 'tools'
 
 
-def _load_tool(name):
-    spec = importlib.util.spec_from_file_location(f'mmvitmix_tools_{name}',
-                                                  TOOLS / f'{name}.py')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-launch = _load_tool('_launch_utils')
-train_tool = _load_tool('train')
-test_tool = _load_tool('test')
+train_tool = load_script('tools/train.py')
+test_tool = load_script('tools/test.py')
 
 
 def _write(path, text):

@@ -1,6 +1,5 @@
 """tools/model_converters/*2mmvitmix.py on the official-layout golden files."""
 import argparse
-import importlib.util
 import os
 import subprocess
 import sys
@@ -8,6 +7,8 @@ from pathlib import Path
 
 import pytest
 import torch
+
+from mmvitmix.models import converters
 
 REPO = Path(__file__).resolve().parents[2]
 GOLDEN = REPO / '..' / 'shared' / 'golden'
@@ -34,14 +35,6 @@ def _golden(name):
     if not path.is_file():
         pytest.skip(f'golden fixture {path} is not present')
     return torch.load(path, map_location='cpu')
-
-
-def _load_common():
-    spec = importlib.util.spec_from_file_location(
-        'mmvitmix_converters_common', CONVERTERS / '_common.py')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _check_rmt_output(data, src, dst, stdout):
@@ -103,7 +96,7 @@ def test_rmt2mmvitmix_whole_ls(tmp_path, capsys):
     data = _golden('rmt_tiny_whole_ls.pt')
     src = _save_official(data, tmp_path / 'rmt.pth')
     dst = tmp_path / 'a' / 'b' / 'out.pth'
-    summary = _load_common().main(convert_rmt, 'convert', [str(src), str(dst)])
+    summary = converters.main(convert_rmt, 'convert', [str(src), str(dst)])
     assert summary['dst'] == str(dst)
     _check_rmt_output(data, src, dst, capsys.readouterr().out)
 
@@ -111,7 +104,7 @@ def test_rmt2mmvitmix_whole_ls(tmp_path, capsys):
 def test_converter_errors(tmp_path, capsys):
     from mmvitmix.models.backbones.rmt import convert_rmt
 
-    main = _load_common().main
+    main = converters.main
     out = tmp_path / 'out.pth'
     with pytest.raises(FileNotFoundError, match='does not exist'):
         main(convert_rmt, 'x', [str(tmp_path / 'missing.pth'), str(out)])
@@ -151,8 +144,8 @@ def _official_downstream_file(tmp_path, config, release='rmt_t'):
     import json
 
     from mmengine.registry import MODELS, init_default_scope
-    sys.path.insert(0, str(REPO / 'tools'))
-    from _launch_utils import load_config
+
+    from mmvitmix.apis import load_config
     with open(GOLDEN / 'official_checkpoints.json') as f:
         table = json.load(f)[release]
     gen = torch.Generator().manual_seed(0)
@@ -241,7 +234,6 @@ def test_converter_refuses_to_overwrite_its_input(tmp_path, script):
 
 def test_converter_writes_atomically(tmp_path, monkeypatch):
     """A failure while writing leaves the old target and no temporary."""
-    common = _load_common()
     from mmvitmix.models.backbones.rmt import RMT, convert_rmt
     src = tmp_path / 'official.pth'
     torch.save({'model': RMT(arch='t').state_dict()}, src)
@@ -257,12 +249,12 @@ def test_converter_writes_atomically(tmp_path, monkeypatch):
 
     monkeypatch.setattr(torch, 'save', crash_half_way)
     with pytest.raises(KeyboardInterrupt):
-        common.convert_file(str(src), str(dst), convert_rmt)
+        converters.convert_file(str(src), str(dst), convert_rmt)
     assert dst.read_bytes() == b'previous result'
     assert sorted(p.name for p in dst.parent.iterdir()) == ['rmt_t.pth']
 
     monkeypatch.setattr(torch, 'save', real_save)
-    summary = common.convert_file(str(src), str(dst), convert_rmt)
+    summary = converters.convert_file(str(src), str(dst), convert_rmt)
     assert summary['converted'] > 0
     assert 'state_dict' in torch.load(dst, map_location='cpu')
     assert sorted(p.name for p in dst.parent.iterdir()) == ['rmt_t.pth']

@@ -1,5 +1,4 @@
 """tools/deploy/reparameterize.py on detectors and segmentors with RIFormer."""
-import importlib.util
 import os
 import subprocess
 import sys
@@ -8,17 +7,15 @@ import pytest
 import torch
 from mmengine.registry import MODELS
 
-from tests.utils import REPO_ROOT, assert_close_rel
+from mmvitmix.testing import assert_close_rel
+from tests.utils import REPO_ROOT, load_script
 
 TOOL = REPO_ROOT / 'tools' / 'deploy' / 'reparameterize.py'
 CONFIGS = REPO_ROOT / 'configs'
 
 
 def load_tool():
-    spec = importlib.util.spec_from_file_location('reparameterize', TOOL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(TOOL.relative_to(REPO_ROOT))
 
 
 def build(tool, config, **options):

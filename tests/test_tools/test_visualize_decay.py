@@ -1,14 +1,12 @@
 """tools/analysis_tools/visualize_decay.py writes a PNG that depends on
 the head; the decay maps match γ^distance."""
 import math
-import sys
-from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / 'tools' / 'analysis_tools'))
-import visualize_decay  # noqa: E402
+from tests.utils import load_script
+
+visualize_decay = load_script('tools/analysis_tools/visualize_decay.py')
 
 
 def test_decay_maps_by_hand():

@@ -41,12 +41,11 @@ from pathlib import Path
 
 import torch
 
-# benchmark the checkout this script belongs to, whatever is installed
+from mmvitmix.utils.bench import (device_name, load_official_models,
+                                  measure_step, memory_cell, run_child,
+                                  time_cell)
+
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _bench_utils import (device_name, measure_step, memory_cell,  # noqa
-                          run_child, time_cell)
 
 INPUTS = {'seg512': (512, 512), 'det800x1333': (800, 1333)}
 MODELS = {
@@ -71,8 +70,7 @@ def build(args, model_name, method):
         return model, model
     if not args.official_dir:
         sys.exit('method official needs --official-dir')
-    sys.path.insert(0, str(Path(args.official_loader).resolve()))
-    import official_models as om
+    om = load_official_models(args.official_loader)
     path = os.path.join(args.official_dir, official_file)
     if kind == 'RMT':
         mod = om.load_rmt_cls(path)

@@ -13,17 +13,12 @@ Example::
 """
 import argparse
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _bench_utils import cpu_name, time_cell  # noqa: E402
+from mmvitmix.utils.bench import cpu_name, time_cell
 
 # (layer, channels, grid, kernel) at 512x512 input
 LAYERS = [

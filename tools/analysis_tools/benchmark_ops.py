@@ -28,15 +28,11 @@ import json
 import os
 import statistics
 import sys
-from pathlib import Path
 
 import torch
 
-# benchmark the checkout this script belongs to, whatever is installed
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _bench_utils import (device_name, measure_step, memory_cell,  # noqa
-                          run_child, time_cell)
+from mmvitmix.utils.bench import (device_name, measure_step, memory_cell,
+                                  run_child, time_cell)
 
 # stage: (heads, head_dim, decomposed) of RMT-S
 RMT_S_STAGES = {'stage1': (4, 16, True), 'stage2': (4, 32, True),

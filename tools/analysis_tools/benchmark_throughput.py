@@ -8,7 +8,7 @@ images per second by the median (and by the fastest) of ``--repeats``
 timed batches after ``--warmup`` untimed ones, with the device, torch, the
 attention backend (``--backend``, set through ``MMVITMIX_ATTN_BACKEND``;
 it matters for RMT and ResT only), threads and AMP dtype in the output.
-Each model runs in a fresh subprocess (``_bench_utils.run_child``).
+Each model runs in a fresh subprocess (:func:`mmvitmix.utils.bench.run_child`).
 
 The papers measure on one GPU at large batches (RMT and ResT: V100/A100
 class GPUs, batch 64-256, fp32 or AMP); CPU figures are not comparable to
@@ -24,14 +24,10 @@ import json
 import os
 import statistics
 import sys
-from pathlib import Path
 
 import torch
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parents[1]))
-sys.path.insert(0, str(HERE))
-from _bench_utils import device_name, measure_step, run_child  # noqa: E402
+from mmvitmix.utils.bench import device_name, measure_step, run_child
 
 ALL_MODELS = [
     'RMT:t', 'RMT:s', 'RMT:b', 'RMT:l', 'ResT:lite', 'ResT:small',

@@ -31,14 +31,18 @@ Preparing the wheels on a machine with the project installed (once)::
 
 (``opencv-python-headless`` for the device's Python is needed by mmcv's
 import: ``pip download --no-deps --only-binary=:all: --python-version 3.12
-opencv-python-headless numpy``), then on the GPU machine::
+opencv-python-headless numpy``), then on the GPU machine, from the
+repository root (mmvitmix is not installed there)::
 
-    python tools/analysis_tools/gpu_acceptance.py --wheels .whl \\
-        --out-dir $OUT
+    PYTHONPATH=. python tools/analysis_tools/gpu_acceptance.py \\
+        --wheels .whl --out-dir $OUT
+
+The checks and the timing are the project's own: :mod:`mmvitmix.testing`
+(the float64 oracle the test suite uses) and :mod:`mmvitmix.utils.bench`
+(the benchmark tools' timing).
 """
 import argparse
 import json
-import math
 import os
 import platform
 import statistics
@@ -49,8 +53,12 @@ from pathlib import Path
 
 import torch
 
+from mmvitmix.testing import emsa_error, emsa_inputs, retention_error, \
+    rmt_inputs
+from mmvitmix.utils.bench import device_name, load_official_models, \
+    measure_step
+
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
 
 #: largest relative error (‖out − ref‖ / ‖ref‖ against float64) per dtype
 LIMITS = {'fp32': 1e-3, 'bf16': 2e-2, 'fp16': 5e-3}
@@ -89,98 +97,17 @@ def build_extension(device):
     return took, None
 
 
-def rel_err(got, want):
-    got, want = got.double(), want.double()
-    if not torch.isfinite(got).all():
-        return math.inf
-    return ((got - want).norm() / want.norm().clamp_min(1e-30)).item()
-
-
 # ----------------------------------------------------------- correctness
-
-
-def _rmt_inputs(shape, device, seed):
-    """RMT layer inputs in float32: channels-last q/k/v projections viewed
-    as (B, heads, H, W, D), RMT's rotary tables and decays, a gradient."""
-    bsz, heads, height, width, dim = shape
-    gen = torch.Generator().manual_seed(seed)
-
-    def proj():
-        x = torch.randn(bsz, height, width, heads, dim, generator=gen)
-        return x.permute(0, 3, 1, 2, 4)
-
-    q, k, v = proj(), proj(), proj()
-    angle = 1.0 / (10000**torch.linspace(0, 1, dim // 2))
-    angle = angle.repeat_interleave(2)
-    phase = torch.arange(height * width)[:, None] * angle[None]
-    sin = torch.sin(phase).reshape(height, width, dim)
-    cos = torch.cos(phase).reshape(height, width, dim)
-    hidx = torch.arange(heads, dtype=torch.float64)
-    log_decay = torch.log(1 - 2**(-2 - 4 * hidx / heads)).float()
-    grad = torch.randn(bsz, heads, height, width, dim, generator=gen)
-    return [t.to(device) for t in (q, k, v, sin, cos, log_decay, grad)]
-
-
-def check_retention(backend, shape, dtype_name, device, decomposed, train,
-                    seed):
-    from mmvitmix.ops.retention import retention_attention
-    q, k, v, sin, cos, log_decay, grad = _rmt_inputs(shape, device, seed)
-    scale = shape[-1]**-0.5
-    dtype = DTYPES[dtype_name]
-
-    def run(name, tensors, dt):
-        leaves = [t.to(dt).detach().requires_grad_(train) for t in tensors]
-        with torch.set_grad_enabled(train):
-            out = retention_attention(*leaves, log_decay.to(
-                torch.float64 if dt == torch.float64 else torch.float32),
-                decomposed, sin.to(dt), cos.to(dt), scale, backend=name)
-            grads = torch.autograd.grad(out, leaves, grad.to(out.dtype)) \
-                if train else []
-        return out.detach(), grads
-
-    want, want_g = run('reference', (q, k, v), torch.float64)
-    got, got_g = run(backend, (q, k, v), dtype)
-    errs = [rel_err(got, want)] + [rel_err(g, w)
-                                   for g, w in zip(got_g, want_g)]
-    return max(errs)
-
-
-def check_emsa(backend, mixed, dtype_name, device, train, seed):
-    from mmvitmix.ops.emsa import emsa_attention
-    gen = torch.Generator().manual_seed(seed)
-    heads = 4 if mixed else 1
-    bsz, n, m, dim = 2, 197, 49, 64
-    q = torch.randn(bsz, n, heads, dim, generator=gen).transpose(1, 2)
-    k = torch.randn(bsz, heads, m, dim, generator=gen)
-    v = torch.randn(bsz, heads, m, dim, generator=gen)
-    weight = torch.randn(heads, heads, generator=gen) * heads**-0.5
-    bias = torch.randn(heads, generator=gen)
-    grad = torch.randn(bsz, heads, n, dim, generator=gen)
-    dtype = DTYPES[dtype_name]
-
-    def run(name, dt):
-        leaves = [t.to(device, dt).requires_grad_(train) for t in (q, k, v)]
-        w = weight.to(device, dt) if mixed else None
-        b = bias.to(device, dt) if mixed else None
-        with torch.set_grad_enabled(train):
-            out = emsa_attention(*leaves, dim**-0.5, w, b, 1e-5, backend=name)
-            grads = torch.autograd.grad(out, leaves, grad.to(
-                device, out.dtype)) if train else []
-        return out.detach(), grads
-
-    want, want_g = run('reference', torch.float64)
-    got, got_g = run(backend, dtype)
-    return max([rel_err(got, want)] +
-               [rel_err(g, w) for g, w in zip(got_g, want_g)])
 
 
 def correctness(args, backends_to_check):
     rows = []
     dtypes = ['fp32', 'bf16', 'fp16']
     if args.quick:
-        shapes = [(2, 2, 5, 7, 16)]
+        shapes = [(2, 2, 5, 7, 16, 16)]
     else:
-        shapes = [(2, 4, 13, 21, 16), (1, 8, 25, 42, 32), (2, 2, 9, 1, 64)]
+        shapes = [(2, 4, 13, 21, 16, 16), (1, 8, 25, 42, 32, 32),
+                  (2, 2, 9, 1, 64, 64)]
     for backend in backends_to_check:
         for dtype in dtypes:
             for decomposed in (True, False):
@@ -195,9 +122,9 @@ def correctness(args, backends_to_check):
                                    shape=list(shape),
                                    mode='fwd+bwd' if train else 'fwd')
                         try:
-                            err = check_retention(backend, shape, dtype,
-                                                  args.device, decomposed,
-                                                  train, len(rows))
+                            err = retention_error(
+                                backend, shape, DTYPES[dtype], decomposed,
+                                train, seed=len(rows), device=args.device)
                             row.update(err=err, ok=err <= LIMITS[dtype])
                         except Exception as exc:  # reported, not hidden
                             row.update(err=None, ok=False,
@@ -214,8 +141,9 @@ def correctness(args, backends_to_check):
                                shape=[2, 4 if mixed else 1, 197, 49, 64],
                                mode='fwd+bwd' if train else 'fwd')
                     try:
-                        err = check_emsa(backend, mixed, dtype, args.device,
-                                         train, len(rows))
+                        err = emsa_error(backend, mixed, DTYPES[dtype],
+                                         train, seed=len(rows),
+                                         device=args.device)
                         row.update(err=err, ok=err <= LIMITS[dtype])
                     except Exception as exc:
                         row.update(err=None, ok=False,
@@ -226,31 +154,6 @@ def correctness(args, backends_to_check):
 
 
 # ---------------------------------------------------------------- timing
-
-
-def sync(device):
-    if device == 'cuda':
-        torch.cuda.synchronize()
-
-
-def time_step(step, device, warmup, repeats):
-    """Median and minimum seconds, and the peak extra memory in MiB (CUDA)."""
-    for _ in range(warmup):
-        step()
-    sync(device)
-    peak = None
-    if device == 'cuda':
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        step()
-        sync(device)
-        times.append(time.perf_counter() - start)
-    if device == 'cuda':
-        peak = (torch.cuda.max_memory_allocated() - base) / 2**20
-    return statistics.median(times), min(times), peak
 
 
 def time_ops(args, methods):
@@ -273,10 +176,9 @@ def time_ops(args, methods):
         batch = 2
     dtype = DTYPES[args.time_dtype]
     for stage, heads, dim, decomposed, (h, w) in rmt:
-        q, k, v, sin, cos, log_decay, grad = _rmt_inputs(
-            (batch, heads, h, w, dim), args.device, 0)
-        q, k, v, sin, cos, grad = (t.to(dtype)
-                                   for t in (q, k, v, sin, cos, grad))
+        q, k, v, log_decay, sin, cos = rmt_inputs(
+            (batch, heads, h, w, dim, dim), dtype, device=args.device)
+        grad = torch.randn_like(v)
         for mode in ('fwd', 'fwd+bwd'):
             for method in methods:
                 if method == 'flex' and mode == 'fwd+bwd' and \
@@ -296,17 +198,11 @@ def time_ops(args, methods):
                 rows.append(_timed_row('retention', stage, (h, w), mode,
                                        method, step, args))
     for stage, heads, dim, n, m in rest:
-        gen = torch.Generator().manual_seed(0)
-        q = torch.randn(batch, heads, n, dim, generator=gen).to(
-            args.device, dtype)
-        k = torch.randn(batch, heads, m, dim, generator=gen).to(
-            args.device, dtype)
-        v = torch.randn(batch, heads, m, dim, generator=gen).to(
-            args.device, dtype)
-        weight = (torch.randn(heads, heads, generator=gen) /
-                  heads).to(args.device, dtype) if heads > 1 else None
-        bias = torch.zeros(heads, device=args.device,
-                           dtype=dtype) if heads > 1 else None
+        q, k, v, weight, bias = emsa_inputs(heads > 1, dtype, heads,
+                                            size=(batch, n, m, dim),
+                                            device=args.device)
+        if heads > 1:
+            weight, bias = (weight / heads).to(dtype), bias.to(dtype)
         for mode in ('fwd', 'fwd+bwd'):
             for method in methods:
                 if method == 'flex':
@@ -333,9 +229,12 @@ def _timed_row(op, stage, shape, mode, method, step, args):
         row.update(error='skipped: time budget spent')
         return row
     try:
-        med, best, peak = time_step(step, args.device, args.warmup,
-                                    args.repeats)
-        row.update(median_ms=med * 1e3, min_ms=best * 1e3, peak_mib=peak)
+        times = measure_step(step, args.device, args.warmup, args.repeats,
+                             'time', unit=1e3)
+        peak = (measure_step(step, args.device, 0, 1, 'memory')
+                if args.device == 'cuda' else None)
+        row.update(median_ms=statistics.median(times), min_ms=min(times),
+                   peak_mib=peak)
     except Exception as exc:
         row.update(error=f'{type(exc).__name__}: {exc}'[:300])
     if args.device == 'cuda':
@@ -350,8 +249,7 @@ def time_backbone(args, methods):
     rows = []
     official = None
     if args.official_dir and not args.quick:
-        sys.path.insert(0, str(Path(args.official_loader).resolve()))
-        import official_models as om
+        om = load_official_models(args.official_loader)
         mod = om.load_rmt_cls(os.path.join(args.official_dir, 'RMT.py'))
         official = mod.RMT_S(None) if 'args' in \
             mod.RMT_S.__code__.co_varnames else mod.RMT_S()
@@ -456,6 +354,8 @@ def main(argv=None):
     args.deadline = start + args.budget_s
     if args.device == 'cuda' and not torch.cuda.is_available():
         sys.exit('--device cuda: torch sees no CUDA device')
+    if args.device == 'cpu':  # the fused kernels run on CUDA GPUs only
+        args.backends = [b for b in args.backends if b != 'fused']
     if args.quick:
         args.warmup, args.repeats = 1, 2
         if args.device == 'cpu':  # no inductor compile in the test suite
@@ -472,9 +372,9 @@ def main(argv=None):
                  f'in {took:.0f} s') if err is None else 'FAILED'
         if err:
             problems.append(f'building the extension failed: {err}')
-    from mmvitmix.ops import _dispatch
-    if not _dispatch.load_ext():
-        problems.append(f'mmvitmix._ext did not load: {_dispatch.ext_error()}')
+    from mmvitmix.ops import extension
+    if not extension.load_ext():
+        problems.append(f'mmvitmix._ext did not load: {extension.ext_error()}')
     log('build:', build)
 
     rows = correctness(args, args.backends)
@@ -497,12 +397,11 @@ def main(argv=None):
                  f"{r.get('error') or r['err']}" for r in bad]
     report = dict(
         device=args.device,
-        device_name=(torch.cuda.get_device_name() if args.device == 'cuda'
-                     else platform.processor() or 'CPU'),
+        device_name=device_name(args.device),
         torch=torch.__version__, cuda=torch.version.cuda,
         python=platform.python_version(),
         date=time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime()),
-        build=build, ext_cuda_archs=_dispatch.ext_cuda_archs(),
+        build=build, ext_cuda_archs=extension.ext_cuda_archs(),
         time_dtype=args.time_dtype, correctness=rows, ops=ops_rows,
         backbone=backbone_rows, problems=problems,
         passed=not problems, elapsed_s=time.perf_counter() - start)

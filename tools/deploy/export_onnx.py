@@ -54,11 +54,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-_TOOLS = osp.dirname(osp.dirname(osp.abspath(__file__)))
-sys.path.insert(0, _TOOLS)
-if osp.dirname(_TOOLS) not in sys.path:  # run without installing mmvitmix
-    sys.path.append(osp.dirname(_TOOLS))
-
 OPSET = 18
 DYNAMIC_MIN = 64
 
@@ -130,8 +125,9 @@ def build(target: str, arch: Optional[str], checkpoint: Optional[str],
         n = len(backbone.out_indices)
         return (BackboneExport(backbone), [f'feat{i}' for i in range(n)],
                 f'backbone {name}')
-    from _launch_utils import load_config
     from mmengine.runner import load_checkpoint
+
+    from mmvitmix.apis import load_config
     cfg = load_config(target, cfg_options)
     init_default_scope(cfg.default_scope)
     cfg.model.get('backbone', {}).pop('init_cfg', None)

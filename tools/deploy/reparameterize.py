@@ -36,11 +36,7 @@ from mmengine.config import DictAction
 from mmengine.registry import MODELS, init_default_scope
 from mmengine.runner import load_checkpoint
 
-_TOOLS = osp.dirname(osp.dirname(osp.abspath(__file__)))
-sys.path.insert(0, _TOOLS)
-if osp.dirname(_TOOLS) not in sys.path:  # run without installing mmvitmix
-    sys.path.append(osp.dirname(_TOOLS))
-from _launch_utils import load_config  # noqa: E402
+from mmvitmix.apis import load_config
 
 
 def parse_args(argv: Optional[List[str]] = None):

@@ -10,9 +10,8 @@ The ImageNet classifier ``head`` is dropped; the final BatchNorm ``norm``
 becomes the stage-4 output norm ``norm3``. The output norms of stages 0-2
 are not in the official file and start at their initial value.
 """
-from _common import main
-
 from mmvitmix.models.backbones.container_light import convert_container
+from mmvitmix.models.converters import main
 
 if __name__ == '__main__':
     main(convert_container,

@@ -35,27 +35,23 @@ unexpected key, or a shape mismatch, is an error and nothing is written.
 """
 import argparse
 import os.path as osp
-import sys
-from pathlib import Path
 
 import torch
-from _common import load_source, main
 
-from mmvitmix.models.backbones.base import unwrap_state_dict
 from mmvitmix.models.backbones.rest import convert_rest
 from mmvitmix.models.backbones.restv2 import convert_restv2, is_restv2_state
+from mmvitmix.models.converters import load_source, main, unwrap_state_dict
 from mmvitmix.models.utils.whole_model import (check_against_model,
                                                convert_whole_model,
                                                whole_model_layout)
 from mmvitmix.utils import check_output_path, save_checkpoint_atomic
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 
 def build_model(config: str):
     """The model ``config`` builds (on the meta device: shapes only)."""
-    from _launch_utils import load_config
     from mmengine.registry import MODELS, init_default_scope
+
+    from mmvitmix.apis import load_config
     cfg = load_config(config)
     init_default_scope(cfg.default_scope)
     cfg.model.get('backbone', {}).pop('init_cfg', None)

@@ -11,9 +11,8 @@ either structure. MMPretrain's interleaved ``network.{n}`` becomes
 ``stages.{i}``, its output norms ``norm0/2/4/6`` become ``norm0..3``, and the
 classifier (``head.*``, ``neck.*``) is dropped.
 """
-from _common import main
-
 from mmvitmix.models.backbones.riformer import convert_riformer
+from mmvitmix.models.converters import main
 
 if __name__ == '__main__':
     main(convert_riformer,

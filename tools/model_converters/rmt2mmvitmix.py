@@ -23,25 +23,21 @@ unexpected key, or a shape mismatch, is an error and nothing is written.
 """
 import argparse
 import os.path as osp
-import sys
-from pathlib import Path
 
 import torch
-from _common import load_source, main
 
-from mmvitmix.models.backbones.base import unwrap_state_dict
-from mmvitmix.utils import check_output_path, save_checkpoint_atomic
 from mmvitmix.models.backbones.rmt import (convert_rmt,
                                            convert_rmt_whole_model,
                                            is_whole_model)
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from mmvitmix.models.converters import load_source, main, unwrap_state_dict
+from mmvitmix.utils import check_output_path, save_checkpoint_atomic
 
 
 def build_model(config: str):
     """The model ``config`` builds (on the meta device: shapes only)."""
-    from _launch_utils import load_config
     from mmengine.registry import MODELS, init_default_scope
+
+    from mmvitmix.apis import load_config
     cfg = load_config(config)
     init_default_scope(cfg.default_scope)
     cfg.model.get('backbone', {}).pop('init_cfg', None)

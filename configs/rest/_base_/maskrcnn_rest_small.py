@@ -1,7 +1,8 @@
 # ResT-Small + Mask R-CNN without data: the model, the official optimiser
 # and the official schedule, ported from the official wofmanaf/ResT
-# object_detection/configs/ResTv1/mask_rcnn_rest_small_FPN_1x.yaml (with its
-# Base-RCNN-FPN.yaml and train_net.py, detectron2) to mmdet 3.x; see
+# d2/configs/COCO-InstanceSegmentation/mask_rcnn_rest_small_FPN_1x.yaml at
+# the ResT v1 commit 508e30b (with its Base-RCNN-FPN.yaml, defaults.py and
+# train_net.py, detectron2) to mmdet 3.x; see
 # ../README.md. ../maskrcnn_rest_small_1x.py and ../maskrcnn_rest_small_3x.py
 # add their data to it.
 _base_ = [
@@ -28,13 +29,24 @@ model = dict(
             type='Pretrained', checkpoint='checkpoints/rest/rest_small.pth')),
     neck=dict(in_channels=[64, 128, 256, 512]))
 
-# official: AdamW lr 1e-4, betas (0.9, 0.999), weight decay 0.05 and none on
-# norm layers (detectron2's WEIGHT_DECAY_NORM 0); "full_model" gradient
-# clipping: one L2 norm over all gradients, at most 0.01
+# official (detectron2 at the ResT v1 commit 508e30b, d2/train_net.py and
+# d2/configs/defaults.py): AdamW lr 1e-4, betas (0.9, 0.999), weight decay
+# 0.05; none on the weights of norm layers (WEIGHT_DECAY_NORM 0) and 1e-4 on
+# every parameter named `bias`, norm biases included (WEIGHT_DECAY_BIAS is
+# bound to the default WEIGHT_DECAY, 1e-4, before the yaml raises
+# WEIGHT_DECAY to 0.05, and detectron2 applies the bias override after the
+# norm one). Keys: '.bias' (longer) is matched before 'norm'; every norm
+# module of this model has 'norm' in its name (tests/test_configs/
+# test_recipes.py checks the groups parameter by parameter).
+# No gradient clipping: the v1 Base-RCNN-FPN.yaml has none (the full-model
+# clipping at 0.01 came with the ResT v2 configs in 2022).
 optim_wrapper = dict(
     _delete_=True,
     type='OptimWrapper',
     optimizer=dict(
         type='AdamW', lr=0.0001, betas=(0.9, 0.999), weight_decay=0.05),
-    paramwise_cfg=dict(norm_decay_mult=0.),
-    clip_grad=dict(max_norm=0.01, norm_type=2))
+    paramwise_cfg=dict(
+        custom_keys={
+            '.bias': dict(decay_mult=1e-4 / 0.05),
+            'norm': dict(decay_mult=0.)
+        }))

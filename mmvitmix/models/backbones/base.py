@@ -35,6 +35,7 @@ from mmengine.runner.checkpoint import CheckpointLoader
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from mmvitmix.utils import allow_mmengine_checkpoints
+from ..converters import unwrap_state_dict
 
 
 def normalize_out_indices(out_indices: Union[int, Sequence[int]],
@@ -531,33 +532,3 @@ class VitMixBackbone(BaseModule):
                 f'min_coverage in init_cfg (e.g. dict(type=\'Pretrained\', '
                 f'checkpoint=..., min_coverage={math.floor(share * 100) / 100:.2f}))')
         return share
-
-
-def unwrap_state_dict(ckpt: dict) -> dict:
-    """Return the flat state dict inside a checkpoint.
-
-    Accepts ``{'model': sd}`` (official releases), ``{'state_dict': sd}``
-    (mmengine / mmpretrain) or a flat state dict.
-    """
-    if not isinstance(ckpt, dict):
-        raise TypeError(f'a checkpoint must be a dict, got '
-                        f'{type(ckpt).__name__}')
-    for key in ('state_dict', 'model'):
-        if key in ckpt and isinstance(ckpt[key], dict):
-            return dict(ckpt[key])
-    return dict(ckpt)
-
-
-def strip_prefix_if_all(state: dict, prefix: str) -> dict:
-    """Strip ``prefix`` when every key carries it (e.g. ``'backbone.'``)."""
-    if state and all(k.startswith(prefix) for k in state):
-        return {k[len(prefix):]: v for k, v in state.items()}
-    return state
-
-
-def check_all_consumed(name: str, leftover: Iterable[str]) -> None:
-    """Raise when a converter met keys that no rule covers."""
-    leftover = sorted(leftover)
-    if leftover:
-        raise KeyError(f'{name}: no conversion rule for keys {leftover[:20]}'
-                       f'{" ..." if len(leftover) > 20 else ""}')

@@ -69,10 +69,9 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from mmvitmix.registry import MODELS
 from ..utils.bricks import ConvMlp
-from .base import (VitMixBackbone, check_numbers, run_blocks,
-                   strip_prefix_if_all, unwrap_state_dict)
-from .convert import (Rule, convert_state, drop_prefixes, one_based,
-                      rename_rules)
+from ..converters import (Rule, convert_state, drop_prefixes, one_based,
+                          rename_rules, strip_prefix_if_all, unwrap_state_dict)
+from .base import VitMixBackbone, check_numbers, run_blocks
 
 # --------------------------------------------------------------------------
 # attention core

@@ -42,9 +42,9 @@ from torch import Tensor
 from mmvitmix.ops.backends import check_backend
 from mmvitmix.ops.emsa import emsa_attention
 from mmvitmix.registry import MODELS
-from .base import (VitMixBackbone, check_numbers, records_grad, run_blocks,
-                   strip_prefix_if_all, unwrap_state_dict)
-from .convert import Rule, convert_state, drop_prefixes, one_based
+from ..converters import (Rule, convert_state, drop_prefixes, one_based,
+                          strip_prefix_if_all, unwrap_state_dict)
+from .base import VitMixBackbone, check_numbers, records_grad, run_blocks
 
 # --------------------------------------------------------------------------
 # building blocks
@@ -112,7 +112,8 @@ class EMSA(nn.Module):
     """
 
     def __init__(self, embed_dims: int, num_heads: int, qkv_bias: bool,
-                 sr_ratio: int, apply_transform: bool):
+                 sr_ratio: int, apply_transform: bool,
+                 attn_backend: str = 'auto'):
         super().__init__()
         self.num_heads = num_heads
         self.scale = (embed_dims // num_heads)**-0.5
@@ -132,7 +133,7 @@ class EMSA(nn.Module):
         self.apply_transform = bool(apply_transform) and num_heads > 1
         if self.apply_transform:
             self.transform_conv = nn.Conv2d(num_heads, num_heads, 1)
-        self.attn_backend = 'auto'  # set by ResT (see its attn_backend)
+        self.attn_backend = attn_backend
 
     def forward(self, x: Tensor, hw_shape: Tuple[int, int]) -> Tensor:
         bsz, num_tokens, channels = x.shape
@@ -183,11 +184,12 @@ class ResTBlock(nn.Module):
                  qkv_bias: bool,
                  sr_ratio: int,
                  apply_transform: bool,
-                 drop_path: float = 0.):
+                 drop_path: float = 0.,
+                 attn_backend: str = 'auto'):
         super().__init__()
         self.norm1 = build_norm_layer(dict(type='LN'), embed_dims)[1]
         self.attn = EMSA(embed_dims, num_heads, qkv_bias, sr_ratio,
-                         apply_transform)
+                         apply_transform, attn_backend)
         self.norm2 = build_norm_layer(dict(type='LN'), embed_dims)[1]
         self.ffn = Mlp(embed_dims, int(embed_dims * mlp_ratio))
         self.drop_path = (
@@ -212,14 +214,16 @@ class ResTStage(nn.Module):
                  apply_transform: bool,
                  drop_paths: Sequence[float],
                  norm_cfg: dict,
-                 with_cp: bool = False):
+                 with_cp: bool = False,
+                 attn_backend: str = 'auto'):
         super().__init__()
         self.patch_embed = (
             PatchEmbed(in_dims, embed_dims, norm_cfg)
             if in_dims is not None else None)
         self.blocks = nn.ModuleList([
             ResTBlock(embed_dims, num_heads, mlp_ratio, qkv_bias, sr_ratio,
-                      apply_transform, drop_paths[i]) for i in range(depth)
+                      apply_transform, drop_paths[i], attn_backend)
+            for i in range(depth)
         ])
         self.with_cp = with_cp
 
@@ -272,11 +276,11 @@ class ResT(VitMixBackbone):
         with_cp (bool): activation checkpointing per block. Default: False.
         attn_backend (str): implementation of the EMSA core: ``'auto'``
             (the measured fastest for the device, see docs/benchmarks.md;
-            ``MMVITMIX_ATTN_BACKEND`` overrides it), ``'fused'``,
-            ``'reference'``, ``'sdpa'`` or ``'flex'``
-            (:mod:`mmvitmix.ops.backends`; with head mixing the last two
-            run the reference, since torch's kernels cannot normalise whole
-            attention maps). Default: ``'auto'``.
+            ``MMVITMIX_ATTN_BACKEND`` overrides it), ``'fused'`` (CUDA
+            tensors only), ``'reference'``, ``'sdpa'`` or ``'flex'``
+            (:mod:`mmvitmix.ops.backends`; with head mixing ``'sdpa'`` is
+            torch's matmul/softmax on an exact reformulation and ``'flex'``
+            runs it too). Default: ``'auto'``.
         init_cfg (dict | None): ``dict(type='Pretrained', checkpoint=PATH)``
             loads an official or converted checkpoint. Default: None.
     """
@@ -367,13 +371,10 @@ class ResT(VitMixBackbone):
                     apply_transform=bool(arch['apply_transform']),
                     drop_paths=dpr[sum(depths[:i]):sum(depths[:i + 1])],
                     norm_cfg=norm_cfg,
-                    with_cp=with_cp))
+                    with_cp=with_cp,
+                    attn_backend=attn_backend))
 
         self.build_out_norms(out_norm_cfg, embed_dims)
-
-        for module in self.modules():
-            if isinstance(module, EMSA):
-                module.attn_backend = attn_backend
         self.apply(self._init_module)
         self._freeze_stages()
 

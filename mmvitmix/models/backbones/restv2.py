@@ -56,9 +56,9 @@ from torch import Tensor
 from mmvitmix.ops.backends import check_backend
 from mmvitmix.ops.emsa import emsa_attention
 from mmvitmix.registry import MODELS
-from .base import (VitMixBackbone, check_numbers, run_blocks,
-                   strip_prefix_if_all, unwrap_state_dict)
-from .convert import Rule, convert_state, drop_prefixes, one_based
+from ..converters import (Rule, convert_state, drop_prefixes, one_based,
+                          strip_prefix_if_all, unwrap_state_dict)
+from .base import VitMixBackbone, check_numbers, run_blocks
 
 #: LayerNorm of every ResT v2 token norm (official: eps 1e-6)
 LN_CFG = dict(type='LN', eps=1e-6)

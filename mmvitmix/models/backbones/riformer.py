@@ -44,10 +44,10 @@ from torch import Tensor
 
 from mmvitmix.registry import MODELS
 from ..utils.bricks import ConvMlp
+from ..converters import (DROP, Rule, convert_state, drop_prefixes, flat,
+                          rename_rules, unwrap_state_dict)
 from .base import (VitMixBackbone, check_number, check_flag, check_numbers,
-                   run_blocks, unwrap_state_dict)
-from .convert import (DROP, Rule, convert_state, drop_prefixes, flat,
-                      rename_rules)
+                   run_blocks)
 
 # --------------------------------------------------------------------------
 # building blocks

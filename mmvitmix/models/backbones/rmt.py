@@ -32,12 +32,14 @@ from torch import Tensor
 
 from mmvitmix.ops.backends import check_backend
 from mmvitmix.ops.dwconv import depthwise_conv2d
+from mmvitmix.ops.decay import RetentionDecay
 from mmvitmix.ops.retention import retention_attention
 from mmvitmix.registry import MODELS
-from .base import (VitMixBackbone, check_all_consumed, check_number,
-                   check_numbers, records_grad, run_blocks,
-                   strip_prefix_if_all, unwrap_state_dict)
-from .convert import Rule, convert_state, drop_prefixes, flat, rename_rules
+from ..converters import (Rule, check_all_consumed, convert_state,
+                          drop_prefixes, flat, rename_rules,
+                          strip_prefix_if_all, unwrap_state_dict)
+from .base import (VitMixBackbone, check_number, check_numbers, records_grad,
+                   run_blocks)
 
 # --------------------------------------------------------------------------
 # building blocks
@@ -138,11 +140,11 @@ class RetentionAttention(nn.Module):
         self.out_proj = nn.Linear(embed_dims, embed_dims)
 
     def forward(self, x: Tensor, sin: Tensor, cos: Tensor,
-                log_decay: Tensor) -> Tensor:
+                log_decay: RetentionDecay) -> Tensor:
         bsz, height, width, _ = x.shape
         # three linears, not one on concatenated weights: q, k and v then
         # each own dense memory, which the rotary, the LePE conv and the
-        # attention read fastest (one linear was 2-4% slower in RMT-S here)
+        # attention read fastest (docs/benchmarks.md)
         q = self.q_proj(x)
         k = self.k_proj(x)
         v = self.v_proj(x)
@@ -195,12 +197,14 @@ class RetBlock(nn.Module):
                  decomposed: bool,
                  drop_path: float = 0.,
                  layerscale: bool = False,
-                 layer_init_value: float = 1e-6):
+                 layer_init_value: float = 1e-6,
+                 attn_backend: str = 'auto'):
         super().__init__()
         ln = dict(type='LN', eps=1e-6)
         self.cpe = DWConv2d(embed_dims, 3)
         self.norm1 = build_norm_layer(ln, embed_dims)[1]
-        self.attn = RetentionAttention(embed_dims, num_heads, decomposed)
+        self.attn = RetentionAttention(embed_dims, num_heads, decomposed,
+                                       attn_backend)
         self.norm2 = build_norm_layer(ln, embed_dims)[1]
         self.ffn = ConvFFN(embed_dims, ffn_dims)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
@@ -210,7 +214,7 @@ class RetBlock(nn.Module):
             self.gamma2 = nn.Parameter(layer_init_value * torch.ones(embed_dims))
 
     def forward(self, x: Tensor, sin: Tensor, cos: Tensor,
-                log_decay: Tensor) -> Tensor:
+                log_decay: RetentionDecay) -> Tensor:
         # residual sums go into the branch's fresh output (see add_into)
         x = self.cpe(x, plus_input=True)  # x + cpe(x)
         y = self.attn(self.norm1(x), sin, cos, log_decay)
@@ -259,7 +263,8 @@ class RMTStage(nn.Module):
                  layerscale: bool,
                  layer_init_value: float,
                  norm_cfg: dict,
-                 with_cp: bool = False):
+                 with_cp: bool = False,
+                 attn_backend: str = 'auto'):
         super().__init__()
         self.downsample = (
             Downsample(in_dims, embed_dims, norm_cfg)
@@ -268,7 +273,8 @@ class RMTStage(nn.Module):
                                        heads_range)
         self.blocks = nn.ModuleList([
             RetBlock(embed_dims, num_heads, ffn_dims, decomposed,
-                     drop_paths[i], layerscale, layer_init_value)
+                     drop_paths[i], layerscale, layer_init_value,
+                     attn_backend)
             for i in range(depth)
         ])
         self.with_cp = with_cp
@@ -278,9 +284,10 @@ class RMTStage(nn.Module):
             x = self.downsample(x)
         _, height, width, _ = x.shape
         sin, cos = self.rel_pos(height, width, x.dtype)
-        log_decay = self.rel_pos.log_decay
+        # one decay for all the stage's blocks: its masks are made once
+        decay = RetentionDecay(self.rel_pos.log_decay)
         return run_blocks(
-            self.blocks, x, sin, cos, log_decay, with_cp=self.with_cp)
+            self.blocks, x, sin, cos, decay, with_cp=self.with_cp)
 
 
 # --------------------------------------------------------------------------
@@ -318,8 +325,9 @@ class RMT(VitMixBackbone):
         attn_backend (str): implementation of the retention core:
             ``'auto'`` (the measured fastest for the device, see
             docs/benchmarks.md; ``MMVITMIX_ATTN_BACKEND`` overrides it),
-            ``'sdpa'``, ``'flex'``, ``'fused'`` or ``'reference'``
-            (:mod:`mmvitmix.ops.backends`). All compute the same function.
+            ``'sdpa'``, ``'flex'``, ``'fused'`` (CUDA tensors only) or
+            ``'reference'`` (:mod:`mmvitmix.ops.backends`). All compute the
+            same function.
             Default: ``'auto'``.
         init_cfg (dict | None): ``dict(type='Pretrained', checkpoint=PATH)``
             loads an official or converted checkpoint. Default: None.
@@ -432,13 +440,10 @@ class RMT(VitMixBackbone):
                     layerscale=bool(arch['layerscales'][i]),
                     layer_init_value=arch['layer_init_values'],
                     norm_cfg=norm_cfg,
-                    with_cp=with_cp))
+                    with_cp=with_cp,
+                    attn_backend=attn_backend))
 
         self.build_out_norms(out_norm_cfg, embed_dims)
-
-        for module in self.modules():
-            if isinstance(module, RetentionAttention):
-                module.attn_backend = attn_backend
         self.apply(self._init_module)
         self._freeze_stages()
 
@@ -490,10 +495,9 @@ class RMT(VitMixBackbone):
         """(B, C, H, W) -> tuple of (B, C_i, H_i, W_i) per ``out_indices``."""
         self.check_input(x)
         # inference: the stem runs channels-last (oneDNN's forward
-        # convolutions take NHWC memory as it is; RMT-S's stem at 512x512 on
-        # the benchmarked CPU: 53 instead of 99 ms); training: NCHW, whose
-        # backward is faster there (200 instead of 286 ms). The stages need
-        # channels-last memory either way (see Downsample).
+        # convolutions take NHWC memory as it is, faster); training: NCHW,
+        # whose backward is faster on CPU (figures: docs/benchmarks.md). The
+        # stages need channels-last memory either way (see Downsample).
         if not records_grad(self.stem):
             x = x.contiguous(memory_format=torch.channels_last)
         x = self.stem(x).permute(0, 2, 3, 1).contiguous()

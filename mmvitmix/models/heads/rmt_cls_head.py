@@ -9,7 +9,8 @@ from mmpretrain.models.heads import ClsHead
 
 from mmvitmix.registry import MODELS
 from mmvitmix.utils import allow_mmengine_checkpoints
-from ..backbones.base import check_number, unwrap_state_dict
+from ..backbones.base import check_number
+from ..converters import unwrap_state_dict
 
 #: the official classifier's keys (``VisRetNet``: proj, norm, head)
 RMT_HEAD_PREFIXES = ('proj.', 'norm.', 'head.')

@@ -34,8 +34,8 @@ from typing import Callable, Dict, List, Optional, Sequence
 import torch
 from torch import Tensor
 
-from ..backbones.base import check_all_consumed, unwrap_state_dict
-from ..backbones.convert import Rule, convert_state
+from ..converters import (Rule, check_all_consumed, convert_state,
+                          unwrap_state_dict)
 
 #: RetinaNet anchors per location: 3 octave scales x 3 aspect ratios
 RETINANET_SCALES = 3

@@ -15,21 +15,18 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from mmvitmix.models.backbones import ContainerLight, convert_container
 from mmvitmix.models.backbones import container_light as container_module
 from mmvitmix.models.utils import convert_container as convert_reexport
-from mmvitmix.registry import MODELS
+from mmvitmix.testing import assert_close_rel as assert_rel_close
+from tests.utils import tiny_arch
 from .conftest import load_golden, load_golden_json
+from .conftest import tiny as tiny_backbone
 
 REPO = Path(__file__).resolve().parents[3]
 
-TINY = dict(
-    embed_dim=[16, 32, 48, 64],
-    depth=[1, 1, 1, 2],
-    num_heads=4,
-    mlp_ratio=[2, 2, 2, 2])
+TINY = tiny_arch('ContainerLight')
 
 
 def tiny(**kwargs):
-    kwargs.setdefault('drop_path_rate', 0.)
-    return ContainerLight(arch=copy.deepcopy(TINY), **kwargs)
+    return tiny_backbone(ContainerLight, **kwargs)
 
 
 def official_arch(config):
@@ -55,13 +52,6 @@ def golden():
 @pytest.fixture(scope='module')
 def official():
     return load_golden_json()['container_light']
-
-
-def assert_rel_close(actual, expected, rel=1e-5):
-    assert actual.shape == expected.shape
-    err = (actual - expected).abs().max().item()
-    scale = expected.abs().max().item()
-    assert err <= rel * scale, f'max abs err {err:.3g} vs scale {scale:.3g}'
 
 
 # ----------------------------------------------------------------- parity
@@ -310,20 +300,10 @@ def test_converter_cli(golden, tmp_path):
 
 
 # ---------------------------------------------------------- construction
-def test_registry_and_builders():
-    model = MODELS.build(dict(type='mmvitmix.ContainerLight',
-                              arch=copy.deepcopy(TINY)))
-    assert isinstance(model, ContainerLight)
-    for scope in ('mmdet', 'mmseg', 'mmpretrain'):
-        registry = pytest.importorskip(f'{scope}.registry').MODELS
-        model = registry.build(
-            dict(type='mmvitmix.ContainerLight', arch=copy.deepcopy(TINY),
-                 out_indices=1))
-        assert isinstance(model, ContainerLight)
+def test_arch_names_and_defaults():
+    """(Registries, output channels and strides: every backbone,
+    test_contract.py.)"""
     model = tiny()
-    outs = model(torch.randn(2, 3, 64, 64))
-    assert [tuple(o.shape) for o in outs] == [(2, 16, 16, 16), (2, 32, 8, 8),
-                                              (2, 48, 4, 4), (2, 64, 2, 2)]
     assert ContainerLight(arch='LIGHT').arch == ContainerLight.arch_settings[
         'light']
     # optional arch keys take the official defaults
@@ -331,7 +311,10 @@ def test_registry_and_builders():
     assert model.arch['qkv_bias'] is True
 
 
-def test_bad_arguments():
+def test_bad_arch_and_padding_arguments():
+    """Container-Light's own checks (inputs, unknown arguments,
+    out_indices: every backbone, test_contract.py; common arguments:
+    test_reliability.py)."""
     with pytest.raises(ValueError, match=r"unknown arch 'tiny'.*'light'"):
         ContainerLight(arch='tiny')
     bad = dict(TINY)
@@ -352,26 +335,8 @@ def test_bad_arguments():
         ContainerLight(arch=dict(TINY, qkv_bias='yes'))
     with pytest.raises(TypeError, match='arch must be a str or a dict'):
         ContainerLight(arch=3)
-    with pytest.raises(TypeError,
-                       match=r"unknown argument\(s\) \['img_size'\]"):
-        tiny(img_size=224)
     with pytest.raises(ValueError, match=r"patch_padding.*\['corner', None\]"):
         tiny(patch_padding='same')
-    with pytest.raises(ValueError, match='drop_path_rate'):
-        tiny(drop_path_rate=1.5)
-    with pytest.raises(ValueError, match='out of range'):
-        tiny(out_indices=(4, ))
-    with pytest.raises(ValueError, match='frozen_stages'):
-        tiny(frozen_stages=5)
-    model = tiny()
-    with pytest.raises(ValueError, match='4-D'):
-        model(torch.randn(3, 64, 64))
-    with pytest.raises(ValueError, match='in_channels=3.*4 channels'):
-        model(torch.randn(1, 4, 64, 64))
-    with pytest.raises(ValueError, match='at least 32'):
-        model(torch.randn(1, 3, 31, 64))
-    with pytest.raises(TypeError, match='torch.Tensor'):
-        model([torch.randn(1, 3, 64, 64)])
     # the smallest size follows custom patch sizes (total stride)
     small = ContainerLight(arch=dict(TINY, patch_size=[2, 2, 2, 2]))
     with pytest.raises(ValueError, match='at least 16'):
@@ -424,45 +389,6 @@ def test_padding_semantics():
         y = x[..., :96, :160]
         for a, b in zip(corner(y), floor(y)):
             assert torch.equal(a, b)
-
-
-# -------------------------------------------------------------- training
-def test_frozen_stages():
-    model = tiny(frozen_stages=2)
-    model.train()
-    frozen = [model.stages[0], model.stages[1], model.norm0, model.norm1]
-    for module in frozen:
-        for param in module.parameters():
-            assert not param.requires_grad
-        for m in module.modules():
-            assert not m.training
-    trainable = [model.stages[2], model.stages[3], model.norm2, model.norm3]
-    for module in trainable:
-        for param in module.parameters():
-            assert param.requires_grad
-        assert all(m.training for m in module.modules())
-    stem_only = tiny(frozen_stages=0)
-    stem_only.train()
-    stem = stem_only.stages[0].patch_embed
-    assert not any(p.requires_grad for p in stem.parameters())
-    assert not stem.training
-    assert all(p.requires_grad
-               for p in stem_only.stages[0].blocks.parameters())
-    assert all(p.requires_grad for p in stem_only.stages[1].parameters())
-    # frozen BatchNorm statistics do not move in training, the rest do
-    frozen_bn = model.stages[1].blocks[0].norm1
-    live_bn = model.stages[2].blocks[0].norm1
-    before = frozen_bn.running_mean.clone()
-    live_before = live_bn.running_mean.clone()
-    outs = model(torch.randn(2, 3, 64, 64))
-    assert torch.equal(frozen_bn.running_mean, before)
-    assert not torch.equal(live_bn.running_mean, live_before)
-    sum(o.sum() for o in outs).backward()
-    assert all(p.grad is None for p in model.stages[0].parameters())
-    assert model.stages[3].blocks[0].qkv.weight.grad is not None
-    # every stage frozen: nothing trains
-    all_frozen = tiny(frozen_stages=4)
-    assert not any(p.requires_grad for p in all_frozen.parameters())
 
 
 # --------------------------------------------------------------- loading

@@ -2,7 +2,7 @@
 
 Parametrised over every ``VitMixBackbone`` registered in mmvitmix's model
 registry, so a fifth backbone is held to it as soon as it is registered
-(with a tiny architecture added to ``conftest.TINY_ARCHS``). What is
+(with a tiny architecture added to ``tests.utils.TINY_ARCHS``). What is
 specific to one backbone (parity with the official code, its converter,
 RIFormer's deploy fold, Container's padding) stays in its own file.
 """
@@ -14,7 +14,8 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from mmvitmix.models.backbones.base import VitMixBackbone
 from mmvitmix.registry import MODELS
-from .conftest import BACKBONES, TINY_ARCHS, embed_dims, tiny
+from tests.utils import TINY_ARCHS, tiny_arch
+from .conftest import BACKBONES, embed_dims, tiny
 
 #: backbones whose default norms are not BatchNorm get one for the
 #: norm_eval / frozen statistics checks
@@ -32,16 +33,21 @@ def registered_backbones():
 def test_every_registered_backbone_is_under_contract():
     registered = registered_backbones()
     assert set(BACKBONES) <= set(registered)
-    missing = [c.__name__ for c in registered if c not in TINY_ARCHS]
-    assert not missing, (f'add a tiny arch for {missing} to '
-                         'tests/test_models/test_backbones/conftest.py')
+    missing = [
+        c.__name__ for c in registered
+        if c not in BACKBONES or c.__name__ not in TINY_ARCHS
+    ]
+    assert not missing, (
+        f'put {missing} under the contract: a tiny arch in tests/utils.py '
+        '(TINY_ARCHS) and the class in BACKBONES of '
+        'tests/test_models/test_backbones/conftest.py')
 
 
 def test_built_through_every_registry(backbone_cls):
     """``type='mmvitmix.X'`` from mmengine's root and from the downstream
     libraries' scopes (mmdet, mmseg, mmpretrain), as configs use it."""
     name = backbone_cls.__name__
-    cfg = dict(type=f'mmvitmix.{name}', arch=TINY_ARCHS[backbone_cls])
+    cfg = dict(type=f'mmvitmix.{name}', arch=tiny_arch(name))
     assert type(ROOT_MODELS.build(dict(cfg))) is backbone_cls
     for scope in ('mmdet', 'mmseg', 'mmpretrain'):
         registry = pytest.importorskip(f'{scope}.registry').MODELS
@@ -124,7 +130,8 @@ def test_with_cp_is_the_same_function(backbone_cls):
 @pytest.mark.parametrize('frozen', [-1, 0, 1, 2, 3, 4])
 def test_frozen_stages(backbone_cls, frozen):
     """Stem + first ``frozen`` stages: no gradient, eval mode (BatchNorm
-    statistics unchanged), everything after trains."""
+    statistics unchanged), everything after trains (BatchNorm statistics
+    move)."""
     kwargs = BN_KWARGS.get(backbone_cls.__name__, {})
     model = tiny(backbone_cls, frozen_stages=frozen, **kwargs).train()
     frozen_params = {
@@ -135,18 +142,36 @@ def test_frozen_stages(backbone_cls, frozen):
     assert (len(frozen_params) == 0) == (frozen == -1)
     for name, param in model.named_parameters():
         assert param.requires_grad == (id(param) not in frozen_params), name
+    # stage i is ``stages[i]`` and the output norm ``norm{i}``: frozen from
+    # frozen_stages=i + 1 on (the stem, wherever it sits, from 0 on)
+    stem = {id(p) for m in model.stage_modules(-1) for p in m.parameters()}
+    for i in range(4):
+        for module in (model.stages[i], getattr(model, f'norm{i}', None)):
+            if module is None:
+                continue
+            for name, param in module.named_parameters():
+                should_freeze = frozen >= (0 if id(param) in stem else i + 1)
+                assert param.requires_grad != should_freeze, (i, name)
     frozen_bns = [
         m for i in range(-1, frozen) for mod in model.stage_modules(i)
         if mod is not None for m in mod.modules() if isinstance(m, _BatchNorm)
     ]
     assert all(not m.training for m in frozen_bns)
+    live_bns = [
+        m for m in model.modules()
+        if isinstance(m, _BatchNorm) and all(m is not f for f in frozen_bns)
+    ]
+    assert all(m.training for m in live_bns)
     stats = [m.running_mean.clone() for m in frozen_bns]
+    live_stats = [m.running_mean.clone() for m in live_bns]
     if frozen == 4:  # nothing left to train
         assert not any(p.requires_grad for p in model.parameters())
         return
     outs = model(torch.randn(2, 3, 64, 64))
     for m, before in zip(frozen_bns, stats):
         assert torch.equal(m.running_mean, before)
+    for m, before in zip(live_bns, live_stats):
+        assert not torch.equal(m.running_mean, before)
     sum(o.square().mean() for o in outs).backward()
     for name, param in model.named_parameters():
         if id(param) in frozen_params:
@@ -240,8 +265,17 @@ def test_bad_inputs(backbone_cls):
         model(torch.zeros(3, 64, 64))
     with pytest.raises(ValueError, match='in_channels=3.*4 channels'):
         model(torch.zeros(1, 4, 64, 64))
-    with pytest.raises(ValueError, match='too small'):
-        model(torch.zeros(1, 3, model.min_input_size - 1, 64))
+    # four stages of total stride 32: 32 is the smallest side
+    assert model.min_input_size == 32
+    with pytest.raises(ValueError, match='too small.*at least 32'):
+        model(torch.zeros(1, 3, 31, 64))
+    with pytest.raises(ValueError, match='too small.*at least 32'):
+        model(torch.zeros(1, 3, 64, 31))
+    with torch.no_grad():
+        assert len(model(torch.zeros(1, 3, 32, 32))) == 4
+    with pytest.raises(ValueError, match='out_indices entry 4 is out of '
+                       'range'):
+        tiny(backbone_cls, out_indices=(4, ))
     with pytest.raises(TypeError, match=r'unknown argument\(s\) \[\'foo\'\]'):
         tiny(backbone_cls, foo=1)
     with pytest.raises(ValueError, match=f"{name}: unknown arch 'zz'"):
@@ -270,11 +304,78 @@ def test_outputs_do_not_depend_on_the_batch(backbone_cls):
         assert err <= 1e-4 * b.abs().max().item(), err
 
 
-def test_layers_are_standard_modules(backbone_cls):
-    """No parameters outside ``nn.Module`` attributes (state_dict covers
-    every parameter; nothing lives in plain lists)."""
-    model = tiny(backbone_cls)
-    assert sum(p.numel() for p in model.parameters()) == sum(
-        v.numel() for k, v in model.state_dict().items()
-        if k in dict(model.named_parameters()))
-    assert isinstance(model, nn.Module)
+def unregistered_parameters(model: nn.Module) -> list:
+    """Where ``model`` holds trainable state that ``nn.Module`` does not
+    see: an ``nn.Parameter``, a tensor that requires grad or an
+    ``nn.Module`` kept in a plain attribute, a list / tuple / dict, or an
+    object of this project that is no module. ``parameters()``,
+    ``state_dict()``, ``.to()``, freezing and the optimiser all miss such
+    state."""
+    found = []
+    seen = set()
+
+    def visit(value, path, depth):
+        if id(value) in seen or depth > 6:
+            return
+        seen.add(id(value))
+        if isinstance(value, (nn.Module, nn.Parameter)) or (
+                isinstance(value, torch.Tensor) and value.requires_grad):
+            found.append(f'{path} ({type(value).__name__})')
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                visit(item, f'{path}[{key!r}]', depth + 1)
+        elif isinstance(value, (list, tuple, set)):
+            for i, item in enumerate(value):
+                visit(item, f'{path}[{i}]', depth + 1)
+        elif type(value).__module__.startswith(('mmvitmix', 'tests')) and \
+                hasattr(value, '__dict__'):
+            for key, item in vars(value).items():
+                visit(item, f'{path}.{key}', depth + 1)
+
+    for prefix, module in model.named_modules():
+        for key, value in vars(module).items():
+            if key in ('_parameters', '_buffers', '_modules'):
+                continue  # registered: what nn.Module tracks
+            visit(value, f'{prefix}.{key}' if prefix else key, 0)
+    return found
+
+
+def assert_parameters_registered(model: nn.Module) -> None:
+    found = unregistered_parameters(model)
+    assert not found, ('trainable state outside nn.Module\'s bookkeeping '
+                       f'(register it as a parameter or submodule): {found}')
+
+
+class _Holder:
+    """A plain object (no nn.Module) of this project."""
+
+
+def test_parameters_live_in_registered_modules(backbone_cls):
+    """Every trainable tensor and submodule is registered, so that
+    ``parameters()`` and ``state_dict()`` cover the whole model."""
+    assert_parameters_registered(tiny(backbone_cls))
+
+
+def test_unregistered_parameters_are_found(backbone_cls):
+    """The check above fails on a backbone that keeps a raw nn.Parameter
+    outside nn.Module's bookkeeping: in a plain list, on a plain object,
+    or inside a layer that is not registered."""
+
+    class Broken(backbone_cls):
+
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.gains = [nn.Parameter(torch.ones(4))]
+            self.stages[0].holder = _Holder()
+            self.stages[0].holder.scale = nn.Parameter(torch.ones(1))
+            self.__dict__['proj'] = nn.Linear(4, 4)
+
+    broken = Broken(arch=tiny_arch(backbone_cls.__name__))
+    with pytest.raises(AssertionError) as info:
+        assert_parameters_registered(broken)
+    for path in ('gains[0] (Parameter)', 'stages.0.holder.scale (Parameter)',
+                 'proj (Linear)'):
+        assert path in str(info.value)
+    # nn.Module sees none of them (what the check is for)
+    assert sum(p.numel() for p in broken.parameters()) == sum(
+        p.numel() for p in tiny(backbone_cls).parameters())

@@ -4,9 +4,9 @@ import logging
 import pytest
 import torch
 
-from mmvitmix.models.backbones.convert import (DROP, Rule, convert_state,
-                                               drop_prefixes, flat, one_based,
-                                               rename_rules)
+from mmvitmix.models.converters import (DROP, Rule, convert_state,
+                                       drop_prefixes, flat, one_based,
+                                       rename_rules)
 
 
 def _state(*keys):

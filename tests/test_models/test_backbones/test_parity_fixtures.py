@@ -18,7 +18,6 @@ import torch
 from mmvitmix.models import RMT, ContainerLight, ResT, ResTV2, RIFormer
 from mmvitmix.models.backbones.restv2 import convert_restv2
 from mmvitmix.ops.backends import BACKENDS
-from .conftest import assert_rel_close
 
 PARITY_DIR = Path(__file__).resolve().parents[2] / 'data' / 'parity'
 FAMILIES = ('rmt', 'rest', 'restv2', 'container', 'riformer')
@@ -37,6 +36,15 @@ RTOL = dict(rmt=1e-5, rest=2e-5, restv2=1e-5, container=1e-5, riformer=1e-5)
 MAX_TOTAL_BYTES = 4 * 1024 * 1024
 
 _CACHE = {}
+
+
+def assert_rel_close(actual, expected, rel):
+    """``max|a - e| <= rel * max|e|`` (``rel`` of the output's scale)."""
+    assert actual.shape == expected.shape, (actual.shape, expected.shape)
+    scale = expected.abs().max().item()
+    err = (actual.double() - expected.double()).abs().max().item()
+    assert err <= rel * max(scale, 1e-4), (
+        f'max abs error {err:.3e} > {rel:g} x max|expected| {scale:.3e}')
 
 
 def load_fixture(family: str) -> dict:

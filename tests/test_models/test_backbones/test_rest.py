@@ -12,8 +12,10 @@ import torch.nn as nn
 from mmvitmix.models.backbones import ResT, convert_rest
 from mmvitmix.models.backbones import rest as rest_module
 from mmvitmix.models.utils import convert_rest as convert_rest_reexport
-from mmvitmix.registry import MODELS
+from mmvitmix.testing import assert_close_rel
+from tests.utils import tiny_arch
 from .conftest import load_golden, load_golden_json
+from .conftest import tiny as tiny_backbone
 
 VARIANTS = {
     'lite': 'rest_lite',
@@ -22,19 +24,11 @@ VARIANTS = {
     'large': 'rest_large'
 }
 
-TINY = dict(
-    embed_dims=[16, 32, 48, 64],
-    num_heads=[1, 2, 3, 4],
-    mlp_ratios=[2, 2, 2, 2],
-    qkv_bias=True,
-    depths=[1, 1, 2, 1],
-    sr_ratios=[8, 4, 2, 1],
-    apply_transform=True)
+TINY = tiny_arch('ResT')
 
 
 def tiny(**kwargs):
-    kwargs.setdefault('drop_path_rate', 0.)
-    return ResT(arch=copy.deepcopy(TINY), **kwargs)
+    return tiny_backbone(ResT, **kwargs)
 
 
 @pytest.fixture(scope='module')
@@ -47,8 +41,8 @@ def official():
     return load_golden_json()
 
 
-def assert_rel_close(actual, expected, rel=2e-5):
-    """Within ``rel`` of the tensor's scale.
+def assert_rel_close(actual, expected):
+    """Within 2e-5 of the tensor's scale.
 
     2e-5, not 1e-5: the golden stage-4 output of the official float32 code is
     itself 9.5e-6 (relative) from the same model run in float64, and every
@@ -56,10 +50,7 @@ def assert_rel_close(actual, expected, rel=2e-5):
     correct float32 paths may differ by up to about 1.8e-5. A wrong mapping
     shows as O(1).
     """
-    assert actual.shape == expected.shape
-    err = (actual - expected).abs().max().item()
-    scale = expected.abs().max().item()
-    assert err <= rel * scale, f'max abs err {err:.3g} vs scale {scale:.3g}'
+    assert_close_rel(actual, expected, 2e-5)
 
 
 # ----------------------------------------------------------------- parity
@@ -200,17 +191,10 @@ def test_converter_layouts(golden):
 
 
 # ---------------------------------------------------------- construction
-def test_registry_and_arch_dict():
-    model = MODELS.build(dict(type='mmvitmix.ResT', arch=copy.deepcopy(TINY)))
-    assert isinstance(model, ResT)
-    mmdet_models = pytest.importorskip('mmdet.registry').MODELS
-    model = mmdet_models.build(
-        dict(type='mmvitmix.ResT', arch=copy.deepcopy(TINY), out_indices=1))
-    assert isinstance(model, ResT)
+def test_apply_transform_and_arch_names():
+    """(Registries, output channels and strides: every backbone,
+    test_contract.py.)"""
     model = tiny()
-    outs = model(torch.randn(2, 3, 64, 64))
-    assert [tuple(o.shape) for o in outs] == [(2, 16, 16, 16), (2, 32, 8, 8),
-                                              (2, 48, 4, 4), (2, 64, 2, 2)]
     # no head interaction when apply_transform is off
     plain = ResT(arch=dict(TINY, apply_transform=False))
     assert not any('transform_conv' in k for k in plain.state_dict())
@@ -222,7 +206,9 @@ def test_registry_and_arch_dict():
     assert ResT(arch='LITE').arch == ResT.arch_settings['lite']
 
 
-def test_bad_arguments():
+def test_bad_arch_arguments():
+    """ResT's arch checks (inputs, unknown arguments, out_indices: every
+    backbone, test_contract.py; common arguments: test_reliability.py)."""
     with pytest.raises(ValueError, match=r"unknown arch 'tiny'.*'base'"):
         ResT(arch='tiny')
     bad = dict(TINY)
@@ -235,19 +221,6 @@ def test_bad_arguments():
         ResT(arch=dict(TINY, depths=[1, 1, 1]))
     with pytest.raises(ValueError, match='heads'):
         ResT(arch=dict(TINY, num_heads=[1, 3, 3, 4]))
-    with pytest.raises(TypeError, match=r"unknown argument\(s\) \['depth'\]"):
-        tiny(depth=3)
-    with pytest.raises(ValueError, match='out of range'):
-        tiny(out_indices=(4, ))
-    with pytest.raises(ValueError, match='frozen_stages'):
-        tiny(frozen_stages=5)
-    model = tiny()
-    with pytest.raises(ValueError, match='4-D'):
-        model(torch.randn(3, 64, 64))
-    with pytest.raises(ValueError, match='in_channels=3.*4 channels'):
-        model(torch.randn(1, 4, 64, 64))
-    with pytest.raises(ValueError, match='at least 32'):
-        model(torch.randn(1, 3, 31, 64))
 
 
 @pytest.mark.parametrize('size', [(97, 161), (32, 32), (33, 45)])
@@ -282,34 +255,6 @@ def test_every_parameter_gets_a_gradient():
         else:
             assert param.grad.abs().sum() > 0, name
     assert len(shift_only) == 4  # stages 1-3 (stage 0 has one head)
-
-
-def test_frozen_stages():
-    model = tiny(frozen_stages=2)
-    model.train()
-    frozen = [model.stem, model.stages[0], model.stages[1], model.norm0,
-              model.norm1]
-    for module in frozen:
-        for param in module.parameters():
-            assert not param.requires_grad
-        for m in module.modules():
-            assert not m.training
-    for module in (model.stages[2], model.stages[3], model.norm2,
-                   model.norm3):
-        for param in module.parameters():
-            assert param.requires_grad
-        assert module.training
-    # patch embedding of stage 1 is part of stage 1
-    assert not model.stages[1].patch_embed.norm.training
-    assert model.stages[2].patch_embed.norm.training
-    stem_only = tiny(frozen_stages=0)
-    stem_only.train()
-    assert not any(p.requires_grad for p in stem_only.stem.parameters())
-    assert all(p.requires_grad for p in stem_only.stages.parameters())
-    # frozen BatchNorm statistics do not move in training
-    before = model.stem.norm1.running_mean.clone()
-    model(torch.randn(2, 3, 64, 64))
-    assert torch.equal(model.stem.norm1.running_mean, before)
 
 
 # --------------------------------------------------------------- loading

@@ -11,15 +11,11 @@ import torch.nn as nn
 
 from mmvitmix.models.backbones.riformer import (RIFormer, RIFormerBlock,
                                                 convert_riformer)
-from tests.utils import REPO_ROOT, assert_close_rel, \
-    zeros_like_table
+from mmvitmix.testing import assert_close_rel
+from tests.utils import REPO_ROOT, tiny_arch, zeros_like_table
 from .conftest import load_golden, load_golden_json
 
-TINY = dict(
-    layers=[1, 1, 2, 1],
-    embed_dims=[16, 24, 32, 40],
-    mlp_ratios=[2, 2, 2, 2],
-    layer_scale_init_value=1e-5)
+TINY = tiny_arch('RIFormer')
 VARIANTS = ['s12', 's24', 's36', 'm36', 'm48']
 
 
@@ -261,18 +257,6 @@ def test_mmpretrain_image_classifier_config_runs():
 
 
 # ------------------------------------------------------------ structure
-@pytest.mark.parametrize('variant', ['s12', 's24'])
-def test_variants_shapes(variant):
-    # every variant is built in test_official_table_converts_completely
-    model = RIFormer(arch=variant).eval()
-    with torch.no_grad():
-        outs = model(torch.randn(1, 3, 64, 96))
-    dims = RIFormer.arch_settings[variant]['embed_dims']
-    assert len(outs) == 4
-    for i, out in enumerate(outs):
-        assert out.shape == (1, dims[i], 16 // 2**i, 24 // 2**i)
-
-
 def test_block_structure():
     model = RIFormer(arch=TINY)
     block = model.stages[1].blocks[0]
@@ -334,22 +318,15 @@ def test_deploy_with_batchnorm_norms_keeps_running_stats():
     assert isinstance(model.stages[0].blocks[0].norm_reparam, nn.BatchNorm2d)
 
 
-def test_frozen_stages():
+def test_frozen_stages_survive_switch_to_deploy():
+    """The folded norms of frozen stages stay frozen (freezing itself:
+    every backbone, test_contract.py)."""
     model = RIFormer(arch=TINY, frozen_stages=2)
     model.train()
-    frozen = [model.stem, model.stages[0], model.stages[1], model.norm0,
-              model.norm1]
-    for module in frozen:
-        assert not module.training
-        assert all(not p.requires_grad for p in module.parameters())
-    for module in (model.stages[2], model.stages[3], model.norm2):
-        assert module.training
-        assert all(p.requires_grad for p in module.parameters())
     model.switch_to_deploy()
     assert not model.stages[1].blocks[0].norm_reparam.weight.requires_grad
+    assert not model.stages[1].blocks[0].norm_reparam.training
     assert model.stages[2].blocks[0].norm_reparam.weight.requires_grad
-    assert RIFormer(arch=TINY, frozen_stages=0).stem.weight.requires_grad \
-        is False
 
 
 def test_drop_path_rate():
@@ -439,7 +416,10 @@ def test_converter_cli(tmp_path):
 
 
 # ---------------------------------------------------------------- errors
-def test_bad_arguments():
+def test_bad_arch_and_norm_arguments():
+    """RIFormer's own checks (inputs, unknown arguments, out_indices: every
+    backbone, test_contract.py; common arguments and arch values:
+    test_reliability.py)."""
     with pytest.raises(ValueError, match=r"unknown arch 'xx'.*'s12'"):
         RIFormer(arch='xx')
     with pytest.raises(ValueError, match='missing keys'):
@@ -448,31 +428,9 @@ def test_bad_arguments():
         RIFormer(arch=dict(TINY, pool_size=3))
     with pytest.raises(ValueError, match='4 entries'):
         RIFormer(arch=dict(TINY, layers=[1, 1, 1]))
-    with pytest.raises(ValueError, match=r"arch\['layers'\]\[1\] must be an int in >= 1, got 0"):
-        RIFormer(arch=dict(TINY, layers=[1, 0, 1, 1]))
-    with pytest.raises(TypeError, match="unknown argument.*'pool_size'"):
-        RIFormer(arch=TINY, pool_size=3)
-    with pytest.raises(ValueError, match='out of range'):
-        RIFormer(arch=TINY, out_indices=(4, ))
-    with pytest.raises(ValueError, match='frozen_stages'):
-        RIFormer(arch=TINY, frozen_stages=5)
-    with pytest.raises(ValueError, match='drop_path_rate'):
-        RIFormer(arch=TINY, drop_path_rate=1.5)
     with pytest.raises(ValueError, match='per-channel affine'):
         RIFormer(arch=TINY, norm_cfg=dict(type='GN', num_groups=1,
                                           affine=False))
-
-
-def test_bad_inputs():
-    model = RIFormer(arch=TINY)
-    with pytest.raises(ValueError, match='4-D'):
-        model(torch.randn(3, 64, 64))
-    with pytest.raises(ValueError, match='in_channels=3'):
-        model(torch.randn(1, 4, 64, 64))
-    with pytest.raises(ValueError, match='at least 32'):
-        model(torch.randn(1, 3, 16, 64))
-    with pytest.raises(TypeError, match='torch.Tensor'):
-        model([torch.randn(1, 3, 64, 64)])
 
 
 def test_block_standalone_deploy_equivalence():

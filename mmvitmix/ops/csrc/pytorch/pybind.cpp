@@ -1,5 +1,5 @@
 // Python module mmvitmix._ext. Loading it registers the operators
-// torch.ops.mmvitmix.* (TORCH_LIBRARY_FRAGMENT in retention.cpp, emsa.cpp);
+// torch.ops.mmvitmix.* (TORCH_LIBRARY_FRAGMENT in attention.cpp, dwconv.cpp);
 // the module itself only reports how it was built.
 #include <torch/extension.h>
 
@@ -9,7 +9,7 @@
 #define MMVITMIX_STR(x) MMVITMIX_STR_(x)
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.doc() = "mmvitmix fused attention ops (retention, EMSA)";
+  m.doc() = "mmvitmix compiled ops (retention and EMSA on CUDA, depthwise-conv weight gradient on CPU)";
   m.def("with_cuda", [] {
 #ifdef MMVITMIX_WITH_CUDA
     return true;

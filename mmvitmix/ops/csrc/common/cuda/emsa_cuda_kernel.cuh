@@ -1,4 +1,4 @@
-// CUDA kernels of ResT's EMSA core. See pytorch/emsa.cpp for the op and the
+// CUDA kernels of ResT's EMSA core. See emsa_cuda_host.h for the op and the
 // identity out_i = Σ_j (P_ij − 1/M) v_j / σ, σ² = Σ_ij (P_ij − 1/M)² / (NM)
 // + eps.
 //

@@ -1,4 +1,4 @@
-// CUDA kernels of retention attention (RMT). See pytorch/retention.cpp for
+// CUDA kernels of retention attention (RMT). See retention_cuda_host.h for
 // the op: out_i = Σ_j softmax_j(q_i·k_j + log γ_h · dist(i, j)) v_j over the
 // L tokens of each sequence (b, h, s) of 5-D (B, heads, S, L, D) tensors.
 //

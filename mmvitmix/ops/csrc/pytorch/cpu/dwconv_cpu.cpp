@@ -5,15 +5,13 @@
 //               X[n, oh + i - pad_h, ow + j - pad_w, c]
 //
 // Why a kernel of our own: oneDNN's depthwise backward-weights primitive,
-// which torch uses on CPU, takes 4.6-8.5x the forward time for 5x5 filters
-// on an AVX2 CPU (2-core AMD EPYC Zen 3, torch 2.13: 16.5 ms for the weight
-// gradient of 64 channels at 128x128, whose forward takes 1.9 ms;
-// tools/analysis_tools/benchmark_dwconv.py, docs/benchmarks.md);
-// in RMT's training step those gradients took a fifth of the time. Here the
-// channels are the vector lanes: each (tap, block of channels) accumulates in
-// registers along a row (kernel widths 3, 5, 7; a plain loop otherwise),
-// and the rows are split over the threads, each with its own accumulator,
-// summed at the end.
+// which torch uses on CPU, is several times slower than the forward for 5x5
+// filters, and RMT's training step runs many of them (figures per CPU:
+// docs/benchmarks.md, from tools/analysis_tools/benchmark_dwconv.py). Here
+// the channels are the vector lanes: each (tap, block of channels)
+// accumulates in registers along a row (kernel widths 3, 5, 7; a plain loop
+// otherwise), and the rows are split over the threads, each with its own
+// accumulator, summed at the end.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
@@ -22,7 +20,21 @@
 #include <cstring>
 #include <vector>
 
-#include "attention_cpu_utils.h"  // MMVITMIX_CPU_CLONES
+#if !defined(__GNUC__) && !defined(__clang__)
+#error "mmvitmix's CPU kernel needs GCC or Clang (vector extensions)"
+#endif
+
+// compiled once per x86 ISA level (AVX-512, AVX2+FMA, baseline), picked at
+// load time: one binary runs on any x86-64 CPU at its vector units' speed
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && \
+    defined(__linux__)
+#define MMVITMIX_CPU_CLONES \
+  __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define MMVITMIX_CPU_CLONES
+#endif
+
+#define MMVITMIX_INLINE inline __attribute__((always_inline))
 
 namespace mmvitmix {
 
@@ -62,8 +74,8 @@ MMVITMIX_CPU_CLONES void accumulate_rows_generic(
 
 // 32-byte vectors (8 floats, 4 doubles): one ymm register with AVX2, two
 // xmm on the baseline ISA. (Wider GCC vector types are split badly on AVX2:
-// the 16-lane vec16 of the attention kernels went through general-purpose
-// registers here.)
+// GCC lowers a 64-byte vector's operations partly through general-purpose
+// registers there.)
 // (a struct typedef: GCC ignores vector_size on a dependent alias template)
 template <typename T>
 struct Vec32B {

@@ -1,4 +1,5 @@
-"""Set-up shared by ``tools/train.py`` and ``tools/test.py``.
+"""Set-up shared by ``tools/train.py``, ``tools/test.py`` and the tools that
+build a model from a config.
 
 One entry point serves MMDetection, MMSegmentation and MMPretrain configs:
 the config's ``default_scope`` (or, when it is absent, the ``scope::`` prefix

@@ -1,8 +1,10 @@
-"""What benchmark_ops.py and benchmark_backbone.py share.
+"""What the benchmark tools of ``tools/analysis_tools`` share.
 
 Timing and peak-memory measurement of one step function, the fresh
-subprocess each measurement runs in, and the table cells.
+subprocess each measurement runs in, the table cells, and the loader of the
+official implementations the benchmarks compare with.
 """
+import importlib.util
 import json
 import os
 import statistics
@@ -112,3 +114,18 @@ def speedup_cell(ref_times, fused_times):
     by_median = statistics.median(ref_times) / statistics.median(fused_times)
     by_min = min(ref_times) / min(fused_times)
     return f'{by_median:.2f}x ({by_min:.2f}x)'
+
+
+def load_official_models(folder):
+    """The ``official_models`` module of ``folder`` (the loader of the
+    official implementations, given with ``--official-loader``), imported
+    from its file."""
+    path = os.path.join(os.path.abspath(folder), 'official_models.py')
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f'--official-loader {folder!r}: no official_models.py there')
+    spec = importlib.util.spec_from_file_location('official_models', path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault('official_models', module)
+    spec.loader.exec_module(module)
+    return module

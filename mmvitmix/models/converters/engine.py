@@ -1,4 +1,6 @@
-r"""The engine behind the official-checkpoint converters.
+r"""The engine behind the official-checkpoint converters, and the
+state-dict plumbing they share (:func:`unwrap_state_dict`,
+:func:`strip_prefix_if_all`, :func:`check_all_consumed`).
 
 A converter is a table of :class:`Rule` s, one line per official key family,
 and a call to :func:`convert_state`::
@@ -16,9 +18,9 @@ and a call to :func:`convert_state`::
 
 Every key goes through the first rule whose pattern matches it whole; a key
 that no rule matches is an error (``KeyError`` naming the keys, see
-:func:`~mmvitmix.models.backbones.base.check_all_consumed`), so nothing is
-lost silently. Values are passed on as they are (the same tensor objects)
-unless the rule has a ``transform``.
+:func:`check_all_consumed`), so nothing is lost silently. Values are
+passed on as they are (the same tensor objects) unless the rule has a
+``transform``.
 """
 import logging
 import re
@@ -28,13 +30,41 @@ from typing import (Callable, Dict, Iterable, List, Mapping, Optional,
 from mmengine.logging import print_log
 from torch import Tensor
 
-from .base import check_all_consumed
-
 #: ``{group number: function}``: how a rule maps captured groups
 GroupMaps = Mapping[int, Callable[[str], object]]
 
 #: a rule target that drops the matched keys on purpose (classifier heads)
 DROP = None
+
+
+def unwrap_state_dict(ckpt: dict) -> dict:
+    """Return the flat state dict inside a checkpoint.
+
+    Accepts ``{'model': sd}`` (official releases), ``{'state_dict': sd}``
+    (mmengine / mmpretrain) or a flat state dict.
+    """
+    if not isinstance(ckpt, dict):
+        raise TypeError(f'a checkpoint must be a dict, got '
+                        f'{type(ckpt).__name__}')
+    for key in ('state_dict', 'model'):
+        if key in ckpt and isinstance(ckpt[key], dict):
+            return dict(ckpt[key])
+    return dict(ckpt)
+
+
+def strip_prefix_if_all(state: dict, prefix: str) -> dict:
+    """Strip ``prefix`` when every key carries it (e.g. ``'backbone.'``)."""
+    if state and all(k.startswith(prefix) for k in state):
+        return {k[len(prefix):]: v for k, v in state.items()}
+    return state
+
+
+def check_all_consumed(name: str, leftover: Iterable[str]) -> None:
+    """Raise when a converter met keys that no rule covers."""
+    leftover = sorted(leftover)
+    if leftover:
+        raise KeyError(f'{name}: no conversion rule for keys {leftover[:20]}'
+                       f'{" ..." if len(leftover) > 20 else ""}')
 
 
 def one_based(index: str) -> int:

@@ -1,8 +1,9 @@
-"""Shared command line of ``tools/model_converters/<arch>2mmvitmix.py``.
+"""Converting an official checkpoint file, and the shared command line of
+``tools/model_converters/<arch>2mmvitmix.py``.
 
 Each converter script is a few lines::
 
-    from _common import main
+    from mmvitmix.models.converters import main
     from mmvitmix.models.backbones.rmt import convert_rmt
 
     if __name__ == '__main__':
@@ -24,13 +25,8 @@ from typing import Callable, Dict, List, Optional
 
 import torch
 
-try:
-    from mmvitmix.models.backbones.base import unwrap_state_dict
-    from mmvitmix.utils import check_output_path, save_checkpoint_atomic
-except ImportError as exc:  # pragma: no cover - message for a bare checkout
-    raise ImportError(
-        'mmvitmix is not importable: install it (pip install -e .) or run '
-        'with PYTHONPATH set to the repository root') from exc
+from mmvitmix.utils import check_output_path, save_checkpoint_atomic
+from .engine import unwrap_state_dict
 
 
 def load_source(path: str, allow_pickle: bool = False) -> dict:

@@ -1,0 +1,14 @@
+"""Launching: what ``tools/train.py``, ``tools/test.py``, ``demo/`` and the
+deploy and converter tools share (:mod:`.launch`)."""
+from .launch import (LAUNCHERS, SCOPE_REGISTRARS, build_runner,
+                     check_annotation_files, choose_resume_checkpoint,
+                     convert_sync_bn_cfg, enable_cpu_amp, load_config,
+                     prepare_cpu_distributed, resolve_scope, set_local_rank,
+                     set_work_dir)
+
+__all__ = [
+    'LAUNCHERS', 'SCOPE_REGISTRARS', 'build_runner', 'check_annotation_files',
+    'choose_resume_checkpoint', 'convert_sync_bn_cfg', 'enable_cpu_amp',
+    'load_config', 'prepare_cpu_distributed', 'resolve_scope',
+    'set_local_rank', 'set_work_dir'
+]
