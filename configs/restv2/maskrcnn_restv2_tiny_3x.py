@@ -75,7 +75,7 @@ param_scheduler = [
 # mmengine applies the longer key first), "full_model" gradient clipping at
 # L2 norm 0.01, mixed precision (SOLVER.AMP). The official output norms
 # norm_{k} are a custom LayerNorm class that detectron2 does not recognise
-# as a norm (weight decay 0.05 on their weights); here they are norms.
+# as a norm: weight decay 0.05 on their weights, here too.
 optim_wrapper = dict(
     type='AmpOptimWrapper',
     loss_scale='dynamic',
@@ -84,7 +84,12 @@ optim_wrapper = dict(
     paramwise_cfg=dict(
         custom_keys={
             '.bias': dict(decay_mult=1e-4 / 0.05),
-            'norm': dict(decay_mult=0.)
+            'norm': dict(decay_mult=0.),
+            # the official norm_{k} (a custom class, no detectron2 norm)
+            'backbone.norm0.weight': dict(decay_mult=1.),
+            'backbone.norm1.weight': dict(decay_mult=1.),
+            'backbone.norm2.weight': dict(decay_mult=1.),
+            'backbone.norm3.weight': dict(decay_mult=1.),
         }),
     clip_grad=dict(max_norm=0.01, norm_type=2))
 auto_scale_lr = dict(enable=False, base_batch_size=16)

@@ -76,6 +76,10 @@ optim_wrapper = dict(
     paramwise_cfg=dict(
         custom_keys={
             '.bias': dict(decay_mult=1e-4 / 0.05),
-            'norm': dict(decay_mult=0.)
+            'norm': dict(decay_mult=0.),
+            # the official norm_{k} (a custom class, no detectron2 norm)
+            'backbone.norm1.weight': dict(decay_mult=1.),
+            'backbone.norm2.weight': dict(decay_mult=1.),
+            'backbone.norm3.weight': dict(decay_mult=1.),
         }))
 auto_scale_lr = dict(enable=False, base_batch_size=16)
