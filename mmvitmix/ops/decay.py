@@ -35,14 +35,12 @@ def decay_bias_2d(height: int, width: int, log_decay: Tensor,
 
 
 class RetentionDecay:
-    """One stage's decay for one forward pass, its masks made once.
+    """One stage's decay for one forward pass, its masks made once (a bare
+    ``log_decay`` given to :func:`mmvitmix.ops.retention_attention` is
+    wrapped in a fresh one: masks then made per call).
 
     Args:
         log_decay (Tensor): (heads,) ``log γ_h`` (negative).
-
-    A stage makes one per forward pass and hands it to every block; a bare
-    ``log_decay`` tensor given to :func:`mmvitmix.ops.retention_attention`
-    is wrapped in a fresh one (masks then made per call).
     """
 
     def __init__(self, log_decay: Tensor):

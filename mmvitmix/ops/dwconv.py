@@ -22,8 +22,6 @@ from torch import Tensor
 
 __all__ = ['depthwise_conv2d', 'dwconv_weight_grad_reference']
 
-_OP = 'dwconv_weight_grad'
-
 
 def dwconv_weight_grad_reference(grad: Tensor, x: Tensor, weight: Tensor,
                                  padding: Tuple[int, int]) -> Tensor:
@@ -33,13 +31,6 @@ def dwconv_weight_grad_reference(grad: Tensor, x: Tensor, weight: Tensor,
         weight.shape[0], [False, True, False])[1]
 
 
-def _register_library() -> None:
-
-    @torch.library.register_fake('mmvitmix::dwconv_weight_grad')
-    def _fake(grad, x, kh, kw, pad_h, pad_w):
-        return x.new_empty((x.shape[-1], 1, kh, kw))
-
-
 _REGISTERED = False
 
 
@@ -47,7 +38,11 @@ def _weight_grad_op():
     """The compiled op, its fake kernel registered on first use."""
     global _REGISTERED
     if not _REGISTERED:
-        _register_library()
+
+        @torch.library.register_fake('mmvitmix::dwconv_weight_grad')
+        def _fake(grad, x, kh, kw, pad_h, pad_w):
+            return x.new_empty((x.shape[-1], 1, kh, kw))
+
         _REGISTERED = True
     return torch.ops.mmvitmix.dwconv_weight_grad
 
@@ -96,7 +91,7 @@ def _compiled_grad_usable(x: Tensor, weight: Tensor) -> bool:
     if export_safe():
         return False
     from .extension import has_kernel
-    return has_kernel(_OP, 'cpu')
+    return has_kernel('dwconv_weight_grad', 'cpu')
 
 
 def depthwise_conv2d(x: Tensor,

@@ -54,11 +54,9 @@ def ext_with_cuda() -> bool:
 
 
 def ext_cuda_archs() -> Optional[Tuple[str, ...]]:
-    """The CUDA architectures the extension was compiled for.
-
-    From ``TORCH_CUDA_ARCH_LIST`` at build time, e.g. ``('8.0', '9.0')``;
-    None for an extension without CUDA.
-    """
+    """The CUDA architectures the extension was compiled for
+    (``TORCH_CUDA_ARCH_LIST`` at build time, e.g. ``('8.0', '9.0')``); None
+    for an extension without CUDA."""
     if not ext_with_cuda():
         return None
     text = _EXT.cuda_arch_list().replace(' ', ';').replace('_', ';')

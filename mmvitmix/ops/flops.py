@@ -60,10 +60,7 @@ def emsa_macs(q_shape: Sequence[int], k_shape: Sequence[int],
     return macs
 
 
-# --------------------------------------------------------------------------
 # torch.utils.flop_counter (2 FLOPs per multiply-add)
-# --------------------------------------------------------------------------
-
 _TORCH_DONE = set()
 
 
@@ -100,12 +97,8 @@ def _emsa_flop(q_shape, k_shape, v_shape, *args, out_shape=None,
 def register_torch_formulas(load_ext: bool = False) -> None:
     """Register the formulas with ``torch.utils.flop_counter`` (idempotent;
     the compiled ops only once the extension has defined them).
-
-    ``FlopCounterMode`` copies the registry when it is constructed: call
-    this with ``load_ext=True`` before constructing one, so that the
-    compiled ops are counted even when the extension has not been used yet
-    (it loads the extension if it was built; importing mmvitmix never does).
-    """
+    ``load_ext=True`` loads the extension if it was built, so that a
+    ``FlopCounterMode`` constructed next counts the compiled ops."""
     if load_ext:
         from .extension import load_ext as _load
         _load()
@@ -131,11 +124,7 @@ def register_torch_formulas(load_ext: bool = False) -> None:
         _TORCH_DONE.add(name)
 
 
-# --------------------------------------------------------------------------
 # mmengine FlopAnalyzer (jit handles; 1 per multiply-add, as fvcore)
-# --------------------------------------------------------------------------
-
-
 def _shape(value) -> Optional[List[int]]:
     from mmengine.analysis.jit_handles import get_shape
     return get_shape(value)

@@ -1,36 +1,47 @@
-"""Benchmark whole backbones: every attention backend, and the official code.
+"""Benchmark whole backbones side by side: time, peak memory, forward MACs.
 
-RMT-T, RMT-S and ResT-Small (``--models``) at the inputs of a 512×512
-segmentation crop and a 800×1333 detection image; inference (eval mode, no
-grad) and forward + backward (train mode, loss = sum of the stage outputs).
-Methods (``--methods``): the mmvitmix backends (``auto``, ``sdpa``,
-``flex``, ``fused``, ``reference``; set per run through
-``MMVITMIX_ATTN_BACKEND``) and ``official``, the authors' own model (RMT:
-``classfication_release/RMT.py``'s ``forward_features``; ResT:
-``models/rest.py``) with its default arguments. The official sources are
-never part of this project: fetch the repositories and point
-``--official-dir`` at a folder holding ``RMT.py`` and ``rest.py`` (see
-``../shared/bench/perf_vs_official.py``'s docstring); the loader for them
-(stand-ins for the few timm helpers they import) is
-``../shared/bench/official_models.py`` (``--official-loader``).
+One row per (model, method, input, mode), so that one command shows what a
+detection or segmentation user chooses between:
 
-Each configuration runs in fresh subprocesses, the methods alternating for
-``--rounds`` rounds of ``--warmup`` + ``--repeats`` runs; reported are the
-median and the minimum wall time over all timed runs, the ratio to the
-official time (below 1 is faster) and, with ``--memory``, the peak extra
-memory of one run (CUDA: ``torch.cuda.max_memory_allocated``; CPU: the peak
-resident memory above the level before the run, in a separate subprocess).
-Weights are random in both (speed does not depend on them), drop path is
-off in both; FlexAttention on CPU
-runs inference only (torch has no CPU backward for it).
+* mmvitmix's backbones (``--models``: ``rmt_t`` ... ``rmt_l``,
+  ``rest_lite`` ... ``rest_large``, ``container_light``, ``riformer_s12``
+  ... ``riformer_m48``), RMT and ResT with each attention backend
+  (``--methods``: ``auto``, ``sdpa``, ``flex``, ``fused``, ``reference``;
+  set per run through ``MMVITMIX_ATTN_BACKEND``);
+* ``official``: the authors' own RMT / ResT code (RMT:
+  ``classfication_release/RMT.py``'s ``forward_features``; ResT:
+  ``models/rest.py``), same input. The official sources are never part of
+  this project: fetch the repositories and point ``--official-dir`` at a
+  folder holding ``RMT.py`` and ``rest.py``; their loader (stand-ins for the
+  few timm helpers they import) is ``../shared/bench/official_models.py``
+  (``--official-loader``);
+* the peers users pick instead (``--peers``): MMDetection's Swin-T
+  (``swin_t``, as in ``mask-rcnn_swin-t-p4-w7_fpn_1x_coco.py``) and
+  ResNet-50 (``r50``, as in ``mask-rcnn_r50_fpn_1x_coco.py``: stem and
+  stage 1 frozen, BatchNorm in eval mode, as users train it), and any
+  registered backbone by config (``--configs CFG ...``: the config's
+  ``model.backbone``, its ``custom_imports`` honoured).
+
+Inference is eval mode without grad; ``fwd+bwd`` is train mode, loss = sum
+of the stage outputs, backward. Weights are random (speed does not depend on
+them), drop path off everywhere. Each measurement runs in a fresh
+subprocess, the methods alternating for ``--rounds`` rounds of ``--warmup``
++ ``--repeats`` runs; reported are the median (and minimum) wall time, the
+ratio to the official time and to Swin-T's (below 1 is faster), the peak
+memory of one more run in its own process (CUDA: ``max_memory_allocated``
+above the level before the run; CPU: the peak resident set above the level
+before the run) and the forward multiply-adds counted by mmengine's
+``FlopAnalyzer`` (attention matmuls included, see ``get_flops.py``).
+FlexAttention on CPU runs inference only.
 
 Examples::
 
     python tools/analysis_tools/benchmark_backbone.py --device cpu \\
-        --threads 1 --models rmt_s --inputs seg512 --modes infer \\
-        --official-dir /path/to/official
+        --threads 2 --models rmt_t rmt_s --methods official auto \\
+        --peers swin_t r50 --inputs det800x1344 --modes fwd+bwd \\
+        --official-dir DIR
     python tools/analysis_tools/benchmark_backbone.py --device cuda \\
-        --batch 2 --inputs det800x1333 --modes fwd+bwd --memory
+        --batch 2 --inputs det800x1344 --modes fwd+bwd infer
 """
 import argparse
 import json
@@ -47,37 +58,83 @@ from mmvitmix.utils.bench import (device_name, load_official_models,
 
 ROOT = Path(__file__).resolve().parents[2]
 
-INPUTS = {'seg512': (512, 512), 'det800x1333': (800, 1333)}
+INPUTS = {
+    'seg512': (512, 512),
+    'det800x1333': (800, 1333),
+    'det800x1344': (800, 1344),  # 800x1333 padded to a multiple of 32
+}
+#: name: (mmvitmix type, arch, official file, official constructor)
 MODELS = {
-    # name: (mmvitmix type, arch, official file, official constructor)
     'rmt_t': ('RMT', 't', 'RMT.py', 'RMT_T3'),
     'rmt_s': ('RMT', 's', 'RMT.py', 'RMT_S'),
+    'rmt_b': ('RMT', 'b', 'RMT.py', 'RMT_M2'),
+    'rmt_l': ('RMT', 'l', 'RMT.py', 'RMT_L6'),
+    'rest_lite': ('ResT', 'lite', 'rest.py', 'rest_lite'),
     'rest_small': ('ResT', 'small', 'rest.py', 'rest_small'),
+    'rest_base': ('ResT', 'base', 'rest.py', 'rest_base'),
+    'rest_large': ('ResT', 'large', 'rest.py', 'rest_large'),
+    'container_light': ('ContainerLight', 'light', None, None),
+    'riformer_s12': ('RIFormer', 's12', None, None),
+    'riformer_s24': ('RIFormer', 's24', None, None),
+    'riformer_s36': ('RIFormer', 's36', None, None),
+    'riformer_m36': ('RIFormer', 'm36', None, None),
+    'riformer_m48': ('RIFormer', 'm48', None, None),
 }
-METHODS = ('official', 'auto', 'sdpa', 'flex', 'fused', 'reference')
+#: the backbones of MMDetection's own Swin-T and ResNet-50 detectors
+PEERS = {
+    'swin_t':
+    dict(type='mmdet.SwinTransformer', embed_dims=96, depths=(2, 2, 6, 2),
+         num_heads=(3, 6, 12, 24), window_size=7, mlp_ratio=4,
+         qkv_bias=True, drop_path_rate=0., patch_norm=True,
+         out_indices=(0, 1, 2, 3), with_cp=False),
+    'r50':
+    dict(type='mmdet.ResNet', depth=50, num_stages=4,
+         out_indices=(0, 1, 2, 3), frozen_stages=1,
+         norm_cfg=dict(type='BN', requires_grad=True), norm_eval=True,
+         style='pytorch'),
+}
+#: attention backends (RMT and ResT only)
+BACKENDS = ('auto', 'sdpa', 'flex', 'fused', 'reference')
+METHODS = ('official', ) + BACKENDS
 
 
-def build(args, model_name, method):
+def build_backbone(args, model_name, method):
     """The model to time and the function to call on the input."""
-    from mmvitmix.models.backbones.rest import ResT
-    from mmvitmix.models.backbones.rmt import RMT
-    kind, arch, official_file, ctor = MODELS[model_name]
+    from mmengine.registry import MODELS as ROOT_MODELS
     torch.manual_seed(0)
-    if method != 'official':
-        os.environ['MMVITMIX_ATTN_BACKEND'] = method
-        cls = RMT if kind == 'RMT' else ResT
-        model = cls(arch=arch, drop_path_rate=0., out_indices=(0, 1, 2, 3))
+    if model_name in PEERS:
+        import mmdet.models  # noqa: F401  (registers mmdet's backbones)
+        model = ROOT_MODELS.build(dict(PEERS[model_name]))
         return model, model
-    if not args.official_dir:
-        sys.exit('method official needs --official-dir')
+    if model_name.startswith('config:'):
+        from mmengine.config import Config
+        cfg = Config.fromfile(model_name[len('config:'):])
+        if cfg.get('custom_imports'):
+            from mmengine.utils import import_modules_from_strings
+            import_modules_from_strings(**cfg.custom_imports)
+        from mmengine.registry import init_default_scope
+        init_default_scope(cfg.get('default_scope', 'mmdet'))
+        import mmvitmix.models  # noqa: F401
+        backbone = dict(cfg.model.backbone)
+        backbone.pop('init_cfg', None)  # random weights, as everywhere here
+        if 'drop_path_rate' in backbone:
+            backbone['drop_path_rate'] = 0.
+        model = ROOT_MODELS.build(backbone)
+        return model, model
+    kind, arch, official_file, ctor = MODELS[model_name]
+    if method != 'official':
+        import mmvitmix.models  # noqa: F401
+        os.environ['MMVITMIX_ATTN_BACKEND'] = method
+        model = ROOT_MODELS.build(
+            dict(type=f'mmvitmix.{kind}', arch=arch, drop_path_rate=0.,
+                 out_indices=(0, 1, 2, 3)))
+        return model, model
     om = load_official_models(args.official_loader)
     path = os.path.join(args.official_dir, official_file)
     if kind == 'RMT':
-        mod = om.load_rmt_cls(path)
-        fn = getattr(mod, ctor)
+        fn = getattr(om.load_rmt_cls(path), ctor)
         model = fn(None) if 'args' in fn.__code__.co_varnames else fn()
-        # their drop path is on by default; switch it off as for ours
-        for m in model.modules():
+        for m in model.modules():  # their drop path is on by default
             if type(m).__name__ == 'DropPath':
                 m.drop_prob = 0.
     else:
@@ -85,9 +142,39 @@ def build(args, model_name, method):
     return model, getattr(model, 'forward_features', model)
 
 
+def forward_macs(args, model_name, size):
+    """Forward multiply-adds of one image (mmengine's FlopAnalyzer)."""
+    from mmengine.analysis import FlopAnalyzer
+
+    import mmvitmix.ops.flops as flops
+    flops.register_mmengine_handles()
+    model, fn = build_backbone(args, model_name, 'auto')
+    model.eval()
+
+    class Wrap(torch.nn.Module):
+
+        def __init__(self):
+            super().__init__()
+            self.model = model
+
+        def forward(self, x):
+            return fn(x)
+
+    import warnings
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter('ignore')
+        analyzer = FlopAnalyzer(Wrap(), (torch.randn(1, 3, *size), ))
+        analyzer.unsupported_ops_warnings(False)
+        analyzer.uncalled_modules_warnings(False)
+        return analyzer.total()
+
+
 def measure(args, model_name, size, mode, method, what):
-    """Wall times (s) of the timed runs, or the peak extra memory (MiB)."""
-    model, fn = build(args, model_name, method)
+    """Wall times (s) of the timed runs, the peak extra memory (MiB) or the
+    forward MACs."""
+    if what == 'macs':
+        return forward_macs(args, model_name, size)
+    model, fn = build_backbone(args, model_name, method)
     model = model.to(args.device)
     train = mode == 'fwd+bwd'
     model.train(train)
@@ -109,21 +196,28 @@ def measure(args, model_name, size, mode, method, what):
     return measure_step(step, args.device, args.warmup, args.repeats, what)
 
 
-def ratio_cell(times, official):
-    if not times or not official:
+def ratio(times, base):
+    if not times or not base:
         return '-'
-    return f'{statistics.median(times) / statistics.median(official):.2f}'
+    return f'{statistics.median(times) / statistics.median(base):.2f}'
 
 
-def main():
+def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--device', default='cuda'
                         if torch.cuda.is_available() else 'cpu',
                         choices=['cpu', 'cuda'])
-    parser.add_argument('--models', nargs='+', default=['rmt_s'],
+    parser.add_argument('--models', nargs='*', default=['rmt_s'],
                         choices=list(MODELS))
-    parser.add_argument('--methods', nargs='+', default=list(METHODS),
-                        choices=list(METHODS))
+    parser.add_argument('--methods', nargs='+', default=None,
+                        choices=list(METHODS),
+                        help='for RMT and ResT (default: official when '
+                        '--official-dir is given, then every backend that '
+                        'runs on the device)')
+    parser.add_argument('--peers', nargs='*', default=[],
+                        choices=list(PEERS))
+    parser.add_argument('--configs', nargs='*', default=[],
+                        help='configs whose model.backbone is benchmarked')
     parser.add_argument('--official-dir', help='folder with the official '
                         'RMT.py and rest.py (never committed)')
     parser.add_argument('--official-loader',
@@ -137,14 +231,51 @@ def main():
     parser.add_argument('--repeats', type=int, default=3)
     parser.add_argument('--rounds', type=int, default=2,
                         help='alternating subprocesses per method')
-    parser.add_argument('--inputs', nargs='+', default=list(INPUTS),
+    parser.add_argument('--inputs', nargs='+', default=['seg512'],
                         choices=list(INPUTS))
     parser.add_argument('--modes', nargs='+', default=['infer', 'fwd+bwd'],
                         choices=['infer', 'fwd+bwd'])
-    parser.add_argument('--memory', action='store_true',
-                        help='also measure peak memory (one more run each)')
+    parser.add_argument('--no-memory', action='store_true',
+                        help='skip the peak-memory run of each case')
+    parser.add_argument('--no-macs', action='store_true',
+                        help='skip counting forward MACs')
     parser.add_argument('--child', help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    for config in args.configs:
+        if not os.path.isfile(config):
+            parser.error(f'--configs: {config!r} is not a file')
+    if args.methods is None:
+        args.methods = (['official'] if args.official_dir else []) + [
+            b for b in BACKENDS if b != 'fused' or args.device == 'cuda'
+        ]
+    if 'official' in args.methods and not args.official_dir:
+        parser.error('--methods official needs --official-dir')
+    if 'fused' in args.methods and args.device == 'cpu':
+        parser.error("--methods fused: the fused kernels run on CUDA only; "
+                     "on the CPU choose from 'auto', 'sdpa', 'flex', "
+                     "'reference'")
+    if not (args.models or args.peers or args.configs):
+        parser.error('nothing to measure: give --models, --peers or '
+                     '--configs')
+    return args
+
+
+def cases(args):
+    """(model, method) pairs in table order."""
+    out = []
+    for model in args.models:
+        kind = MODELS[model][0]
+        if kind in ('RMT', 'ResT'):
+            out += [(model, m) for m in args.methods]
+        else:
+            out.append((model, 'auto'))
+    out += [(peer, 'mmdet') for peer in args.peers]
+    out += [(f'config:{c}', 'config') for c in args.configs]
+    return out
+
+
+def main(argv=None):
+    args = parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.child is not None:
         model, name, mode, method, what = json.loads(args.child)
@@ -152,18 +283,15 @@ def main():
                                  what)))
         return
 
-    methods = [m for m in args.methods
-               if m != 'official' or args.official_dir]
     print(f'# device: {device_name(args.device)}; torch {torch.__version__}; '
           f'batch {args.batch}; amp {args.amp}; threads {args.threads}; '
           f'{args.rounds} rounds x {args.repeats} timed runs after '
-          f'{args.warmup} warm-up; seconds as median (min); ratio = median '
-          'over the official median')
-    header = ['model', 'input', 'mode']
-    for m in methods:
-        header += [f'{m} s'] + (['ratio'] if m != 'official' else [])
-        if args.memory:
-            header.append(f'{m} MiB')
+          f'{args.warmup} warm-up, each method in fresh processes; seconds '
+          'as median (min); x official / x swin_t: ratio of the medians; '
+          'peak MiB: one more run in its own process; GMACs: forward, one '
+          'image')
+    header = ['model', 'method', 'input', 'mode', 'seconds', 'x official',
+              'x swin_t', 'peak MiB', 'GMACs']
     print('| ' + ' | '.join(header) + ' |')
     print('|' + '---|' * len(header))
     base_cmd = [
@@ -172,42 +300,44 @@ def main():
         '--warmup', str(args.warmup), '--repeats', str(args.repeats),
         '--official-loader', args.official_loader
     ] + (['--official-dir', args.official_dir] if args.official_dir else [])
-
-    for model in args.models:
-        for name in args.inputs:
-            for mode in args.modes:
-                run_methods = [
-                    m for m in methods
-                    if not (m == 'flex' and mode == 'fwd+bwd'
-                            and args.device == 'cpu')
+    pairs = cases(args)
+    for name in args.inputs:
+        macs = {}
+        if not args.no_macs:
+            for model in dict.fromkeys(m for m, _ in pairs):
+                macs[model] = run_child(
+                    base_cmd, [model, name, 'infer', 'auto', 'macs'], 'macs')
+        for mode in args.modes:
+            run = [(m, meth) for m, meth in pairs
+                   if not (meth == 'flex' and mode == 'fwd+bwd'
+                           and args.device == 'cpu')]
+            times = {pair: [] for pair in run}
+            for _ in range(args.rounds):
+                for model, method in run:
+                    res = run_child(base_cmd,
+                                    [model, name, mode, method, 'time'],
+                                    'time')
+                    if res is not None:
+                        times[(model, method)] += res
+            swin = times.get(('swin_t', 'mmdet'))
+            for model, method in run:
+                official = times.get((model, 'official'))
+                mem = None
+                if not args.no_memory:
+                    mem = run_child(base_cmd,
+                                    [model, name, mode, method, 'memory'],
+                                    'memory')
+                gmacs = macs.get(model)
+                cells = [
+                    model.replace('config:', ''), method, name, mode,
+                    time_cell(times[(model, method)], 2),
+                    ratio(times[(model, method)], official)
+                    if method != 'official' else '1.00',
+                    ratio(times[(model, method)], swin),
+                    memory_cell(mem),
+                    f'{gmacs / 1e9:.1f}' if gmacs else '-'
                 ]
-                times = {m: [] for m in methods}
-                for _ in range(args.rounds):
-                    for method in run_methods:
-                        res = run_child(base_cmd,
-                                        [model, name, mode, method, 'time'],
-                                        'time')
-                        if res is not None:
-                            times[method] += res
-                cells = []
-                for method in methods:
-                    if method not in run_methods:
-                        cells += ['n/a'] + (['-'] if method != 'official'
-                                            else [])
-                        if args.memory:
-                            cells.append('-')
-                        continue
-                    cells.append(time_cell(times[method], 3))
-                    if method != 'official':
-                        cells.append(
-                            ratio_cell(times[method], times.get('official')))
-                    if args.memory:
-                        mem = run_child(base_cmd,
-                                        [model, name, mode, method, 'memory'],
-                                        'memory')
-                        cells.append(memory_cell(mem))
-                print(f'| {model} | {name} | {mode} | ' + ' | '.join(cells) +
-                      ' |', flush=True)
+                print('| ' + ' | '.join(cells) + ' |', flush=True)
 
 
 if __name__ == '__main__':

@@ -48,18 +48,16 @@ MODULES = {m.NAME: m for m in (reference, sdpa, flex, fused)}
 #: use torch's maintained kernels (``sdpa``) or the reference, never a
 #: hand-written kernel that no benchmark has shown winning there.
 AUTO_TABLE = {
-    # CPU: sdpa is the fastest retention backend at every RMT stage or
-    # within the noise of the reference; for EMSA with head mixing the sdpa
-    # path beats the reference; FlexAttention (inference only) loses to
-    # SDPA (docs/benchmarks.md, three CPUs).
+    # CPU (three CPUs): sdpa is the fastest retention backend at every RMT
+    # stage or within the noise of the reference, beats the reference for
+    # head-mixed EMSA; FlexAttention (inference only) loses to it.
     ('retention', 'cpu', 'decomposed', 'infer'): 'sdpa',
     ('retention', 'cpu', 'decomposed', 'train'): 'sdpa',
     ('retention', 'cpu', 'whole', 'infer'): 'sdpa',
     ('retention', 'cpu', 'whole', 'train'): 'sdpa',
     ('emsa', 'cpu', 'mixed', 'infer'): 'sdpa',
     ('emsa', 'cpu', 'mixed', 'train'): 'sdpa',
-    # CUDA: no GPU benchmark is recorded: torch's maintained kernels, and the
-    # reference for head-mixed EMSA
+    # CUDA: no GPU benchmark recorded; the reference for head-mixed EMSA
     ('retention', 'cuda', 'decomposed', 'infer'): 'sdpa',
     ('retention', 'cuda', 'decomposed', 'train'): 'sdpa',
     ('retention', 'cuda', 'whole', 'infer'): 'sdpa',

@@ -103,11 +103,6 @@ def unavailable(op: str, q: Tensor, k: Tensor, v: Tensor,
     return None
 
 
-# --------------------------------------------------------------------------
-# the ops and their glue
-# --------------------------------------------------------------------------
-
-
 def _stats_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 

@@ -36,10 +36,14 @@ inline void check_dim(const char* op, const char* name, const Tensor& t,
               ", got shape ", t.sizes());
 }
 
-inline void check_same_device(const char* op, const char* name,
-                              const Tensor& t, const Tensor& ref) {
+// every named tensor on ref's device: (op, ref, "k", k, "v", v, ...)
+template <typename... Rest>
+inline void check_same_device(const char* op, const Tensor& ref,
+                              const char* name, const Tensor& t,
+                              const Rest&... rest) {
   TORCH_CHECK(t.device() == ref.device(), op, ": ", name, " is on ",
               t.device(), " but q is on ", ref.device());
+  if constexpr (sizeof...(Rest) > 0) check_same_device(op, ref, rest...);
 }
 
 // the first N strides of t into dst (kernel parameter blocks)

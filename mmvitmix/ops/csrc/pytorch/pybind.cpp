@@ -1,6 +1,6 @@
 // Python module mmvitmix._ext. Loading it registers the operators
-// torch.ops.mmvitmix.* (TORCH_LIBRARY_FRAGMENT in attention.cpp, dwconv.cpp);
-// the module itself only reports how it was built.
+// torch.ops.mmvitmix.* (attention.cpp, cuda/attention_cuda.cu,
+// cpu/dwconv_cpu.cpp); the module itself only reports how it was built.
 #include <torch/extension.h>
 
 // TORCH_CUDA_ARCH_LIST at build time, passed by setup.py as a bare token

@@ -3,8 +3,8 @@
 // per-(batch, head) reductions around them (σ, mean v, the row terms of the
 // backward; ATen ops on (B, H, N)-sized tensors). Templated on a launch
 // policy `Launch` (see retention_cuda_host.h), so that the same code runs
-// the kernels on a GPU (emsa_cuda.cu) and on the host in the tests
-// (tests/test_ops/cuda_emulation).
+// the kernels on a GPU (pytorch/cuda/attention_cuda.cu) and on the host in
+// the tests (tests/test_ops/cuda_emulation).
 //
 // The op and the identities it uses: see emsa_cuda_kernel.cuh. Forward
 // returns (out, lse, dev2): out in token-major memory ((B, N, heads, Dv)
@@ -57,18 +57,13 @@ inline void check_emsa_inputs(const Tensor& q, const Tensor& k,
   TORCH_CHECK(bias.size(0) == heads, "emsa: bias must have ", heads,
               " entries, got ", bias.size(0));
   TORCH_CHECK(eps >= 0, "emsa: eps must be >= 0, got ", eps);
-  check_same_device(kOp, "k", k, q);
-  check_same_device(kOp, "v", v, q);
-  check_same_device(kOp, "weight", weight, q);
-  check_same_device(kOp, "bias", bias, q);
+  check_same_device(kOp, q, "k", k, "v", v, "weight", weight, "bias", bias);
 }
 
-inline void check_emsa_backward_inputs(const Tensor& grad_out, const Tensor& q,
-                                       const Tensor& k, const Tensor& v,
-                                       const Tensor& weight,
-                                       const Tensor& bias, const Tensor& out,
-                                       const Tensor& lse, const Tensor& dev2,
-                                       double eps) {
+inline void check_emsa_backward_inputs(
+    const Tensor& grad_out, const Tensor& q, const Tensor& k, const Tensor& v,
+    const Tensor& weight, const Tensor& bias, const Tensor& out,
+    const Tensor& lse, const Tensor& dev2, double eps) {
   constexpr const char* kOp = "emsa";
   check_emsa_inputs(q, k, v, weight, bias, eps);
   const std::vector<int64_t> out_shape{q.size(0), q.size(1), q.size(2),
@@ -85,21 +80,16 @@ inline void check_emsa_backward_inputs(const Tensor& grad_out, const Tensor& q,
                   lse.scalar_type() == stats && dev2.scalar_type() == stats,
               "emsa: lse and dev2 must be ", stats, " of shape ",
               q.sizes().slice(0, 3));
-  check_same_device(kOp, "grad_out", grad_out, q);
-  check_same_device(kOp, "out", out, q);
-  check_same_device(kOp, "lse", lse, q);
-  check_same_device(kOp, "dev2", dev2, q);
+  check_same_device(kOp, q, "grad_out", grad_out, "out", out, "lse", lse,
+                    "dev2", dev2);
 }
 
 // pointers, strides and sizes of q (B, H, N, D), k (B, H, M, D), v and the
 // head-mixing weights
 template <typename scalar_t, typename acc_t>
-EmsaCudaParams<scalar_t, acc_t> make_emsa_params(const Tensor& q,
-                                                  const Tensor& k,
-                                                  const Tensor& v,
-                                                  const Tensor& W,
-                                                  const Tensor& bias,
-                                                  double scale) {
+EmsaCudaParams<scalar_t, acc_t> make_emsa_params(
+    const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& W,
+    const Tensor& bias, double scale) {
   EmsaCudaParams<scalar_t, acc_t> p{};
   p.q = q.data_ptr<scalar_t>();
   p.k = k.data_ptr<scalar_t>();
@@ -143,10 +133,8 @@ void emsa_launch(Kernel kernel, Params p, EmsaKernel kind, int64_t rows,
 inline Tensor emsa_sigma(const Tensor& dev2, int64_t N, int64_t M,
                          double eps) {
   const double inv_nm = 1.0 / (static_cast<double>(N) * M);
-  return (dev2.sum(-1) * inv_nm)
-      .add(eps)
-      .sqrt()
-      .view({dev2.size(0), dev2.size(1), 1, 1});
+  return (dev2.sum(-1) * inv_nm).add(eps).sqrt().view(
+      {dev2.size(0), dev2.size(1), 1, 1});
 }
 
 template <typename Launch>

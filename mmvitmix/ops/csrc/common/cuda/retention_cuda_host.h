@@ -1,18 +1,16 @@
 // Host code of the retention op around its CUDA kernels: argument checks,
 // the kernels' parameter block, the tile choice and the launches. Templated
-// on a launch policy `Launch` (see pytorch/cuda/cuda_launch.cuh), so that the
-// same code runs the kernels on a GPU (retention_cuda.cu) and on the host in
-// the tests (tests/test_ops/cuda_emulation): one source, tested on the CPU,
-// run on the GPU.
+// on a launch policy `Launch` (pytorch/cuda/cuda_launch.cuh), so that the
+// same code runs the kernels on a GPU (pytorch/cuda/attention_cuda.cu) and on
+// the host in the tests (tests/test_ops/cuda_emulation). The op (schema:
+// pytorch/attention.cpp), over the L positions of sequence (b, h, s) of 5-D
+// (B, heads, S, L, D) tensors of any strides:
 //
 //   out[b,h,s,i] = Σ_j softmax_j(q_i·k_j + log_decay[h]·dist(i, j)) v_j
 //
-// over the L positions of sequence (b, h, s); dist(i, j) = |i − j| when
-// width == 0 (1-D), else the Manhattan distance of i and j on a grid with
-// rows of `width` tokens (2-D, L = H·width). Tensors are 5-D
-// (B, heads, S, L, D) with any strides; the output takes v's layout. q and
-// k arrive rotated, q also scaled (the Python op does both with torch).
-// A Launch policy provides:
+// dist(i, j) = |i − j| when width == 0 (1-D), else the Manhattan distance of
+// i and j on a grid with rows of `width` tokens (2-D, L = H·width). The
+// output takes v's layout. A Launch policy provides:
 //   Launch::Guard(device)                 device guard (RAII)
 //   Launch::launch(kernel, blocks, smem_bytes, params)
 //   Launch::max_shared_bytes()            per-block shared memory limit
@@ -56,9 +54,7 @@ inline void check_retention_inputs(const Tensor& q, const Tensor& k,
   check_floating(kOp, "log_decay", log_decay);
   TORCH_CHECK(log_decay.size(0) == q.size(1), "retention: log_decay has ",
               log_decay.size(0), " entries for ", q.size(1), " heads");
-  check_same_device(kOp, "k", k, q);
-  check_same_device(kOp, "v", v, q);
-  check_same_device(kOp, "log_decay", log_decay, q);
+  check_same_device(kOp, q, "k", k, "v", v, "log_decay", log_decay);
   TORCH_CHECK(width >= 0, "retention: width must be 0 (1-D) or the grid "
               "width (2-D), got ", width);
   TORCH_CHECK(width == 0 || q.size(3) % width == 0, "retention: L=",
@@ -83,9 +79,7 @@ inline void check_retention_backward_inputs(
               "retention: lse must be ", stats_dtype(q.scalar_type()),
               " of shape ", q.sizes().slice(0, 4), ", got ", lse.scalar_type(),
               " ", lse.sizes());
-  check_same_device(kOp, "grad_out", grad_out, q);
-  check_same_device(kOp, "out", out, q);
-  check_same_device(kOp, "lse", lse, q);
+  check_same_device(kOp, q, "grad_out", grad_out, "out", out, "lse", lse);
 }
 
 // pointers, strides and sizes of q, k, v (B, heads, S, L, D) and the decay
@@ -149,30 +143,21 @@ struct RetentionLaunch {
 }  // namespace mmvitmix
 
 // calls FN<scalar_t, acc_t, bucket>(args...) for the head-dim bucket
-#define MMVITMIX_DISPATCH_HEAD_DIM(bucket, FN, ...) \
-  switch (bucket) {                                 \
-    case 16:                                        \
-      FN<scalar_t, acc_t, 16>(__VA_ARGS__);         \
-      break;                                        \
-    case 32:                                        \
-      FN<scalar_t, acc_t, 32>(__VA_ARGS__);         \
-      break;                                        \
-    case 64:                                        \
-      FN<scalar_t, acc_t, 64>(__VA_ARGS__);         \
-      break;                                        \
-    default:                                        \
-      FN<scalar_t, acc_t, 128>(__VA_ARGS__);        \
+#define MMVITMIX_DISPATCH_HEAD_DIM(bucket, FN, ...)        \
+  switch (bucket) {                                       \
+    case 16: FN<scalar_t, acc_t, 16>(__VA_ARGS__); break; \
+    case 32: FN<scalar_t, acc_t, 32>(__VA_ARGS__); break; \
+    case 64: FN<scalar_t, acc_t, 64>(__VA_ARGS__); break; \
+    default: FN<scalar_t, acc_t, 128>(__VA_ARGS__);       \
   }
 
 namespace mmvitmix {
 namespace cuda {
 
 template <typename Launch>
-std::tuple<Tensor, Tensor> retention_forward_impl(const Tensor& q_in,
-                                                  const Tensor& k_in,
-                                                  const Tensor& v_in,
-                                                  const Tensor& log_decay,
-                                                  int64_t width) {
+std::tuple<Tensor, Tensor> retention_forward_impl(
+    const Tensor& q_in, const Tensor& k_in, const Tensor& v_in,
+    const Tensor& log_decay, int64_t width) {
   check_retention_inputs(q_in, k_in, v_in, log_decay, width);
   const typename Launch::Guard guard(q_in.device());
   const Tensor q = unit_last_stride(q_in), k = unit_last_stride(k_in),

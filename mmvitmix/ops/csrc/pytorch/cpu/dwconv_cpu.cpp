@@ -1,24 +1,28 @@
-// Weight gradient of a stride-1 depthwise convolution on channels-last
-// (N, H, W, C) tensors, CPU.
+// The op dwconv_weight_grad (schema, argument checks, CPU kernel): the
+// weight gradient of a stride-1 depthwise convolution on channels-last
+// (N, H, W, C) tensors,
 //
 // dW[c, i, j] = sum over n, oh, ow of dY[n, oh, ow, c] ·
 //               X[n, oh + i - pad_h, ow + j - pad_w, c]
 //
-// Why a kernel of our own: oneDNN's depthwise backward-weights primitive,
-// which torch uses on CPU, is several times slower than the forward for 5x5
-// filters, and RMT's training step runs many of them (figures per CPU:
-// docs/benchmarks.md, from tools/analysis_tools/benchmark_dwconv.py). Here
-// the channels are the vector lanes: each (tap, block of channels)
-// accumulates in registers along a row (kernel widths 3, 5, 7; a plain loop
-// otherwise), and the rows are split over the threads, each with its own
-// accumulator, summed at the end.
-#include <ATen/ATen.h>
+// Only the weight gradient is ours (mmvitmix/ops/dwconv.py): the forward and
+// the input gradient are torch's (oneDNN) convolutions, which are fast, but
+// oneDNN's depthwise backward-weights primitive is several times slower than
+// the forward for 5x5 filters, and RMT's training step runs many of them
+// (figures per CPU: docs/benchmarks.md, from
+// tools/analysis_tools/benchmark_dwconv.py). Here the channels are the
+// vector lanes: each (tap, block of channels) accumulates in registers along
+// a row (kernel widths 3, 5, 7; a plain loop otherwise), and the rows are
+// split over the threads, each with its own accumulator, summed at the end.
 #include <ATen/Parallel.h>
+#include <torch/library.h>
 
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
 #include <vector>
+
+#include "pytorch_cpp_helper.hpp"
 
 #if !defined(__GNUC__) && !defined(__clang__)
 #error "mmvitmix's CPU kernel needs GCC or Clang (vector extensions)"
@@ -234,16 +238,49 @@ at::Tensor weight_grad(const at::Tensor& grad, const at::Tensor& input,
   return out;
 }
 
-}  // namespace
-
-at::Tensor dwconv_weight_grad_cpu(const at::Tensor& grad,
-                                  const at::Tensor& input, int64_t kh,
-                                  int64_t kw, int64_t pad_h, int64_t pad_w) {
-  const at::Tensor g = grad.contiguous();
-  const at::Tensor x = input.contiguous();
+at::Tensor dwconv_weight_grad_cpu(const Tensor& grad, const Tensor& input,
+                                  int64_t kh, int64_t kw, int64_t pad_h,
+                                  int64_t pad_w) {
+  constexpr const char* kOp = "dwconv_weight_grad";
+  check_dim(kOp, "grad", grad, 4, "(N, H_out, W_out, C)");
+  check_dim(kOp, "input", input, 4, "(N, H, W, C)");
+  TORCH_CHECK(input.scalar_type() == at::kFloat ||
+                  input.scalar_type() == at::kDouble,
+              "dwconv_weight_grad: takes float32 or float64 tensors, got ",
+              input.scalar_type());
+  TORCH_CHECK(grad.scalar_type() == input.scalar_type(),
+              "dwconv_weight_grad: grad and input must share a dtype, got ",
+              grad.scalar_type(), " and ", input.scalar_type());
+  TORCH_CHECK(kh > 0 && kw > 0 && pad_h >= 0 && pad_w >= 0,
+              "dwconv_weight_grad: kernel sizes must be positive and "
+              "paddings non-negative, got kernel (", kh, ", ", kw,
+              ") padding (", pad_h, ", ", pad_w, ")");
+  const int64_t out_h = input.size(1) + 2 * pad_h - kh + 1;
+  const int64_t out_w = input.size(2) + 2 * pad_w - kw + 1;
+  TORCH_CHECK(grad.size(0) == input.size(0) && grad.size(1) == out_h &&
+                  grad.size(2) == out_w && grad.size(3) == input.size(3),
+              "dwconv_weight_grad: grad ", grad.sizes(), " does not match ",
+              "input ", input.sizes(), " with kernel (", kh, ", ", kw,
+              ") and padding (", pad_h, ", ", pad_w, "): expected (",
+              input.size(0), ", ", out_h, ", ", out_w, ", ", input.size(3),
+              ")");
+  check_same_device(kOp, input, "grad", grad);
+  const Tensor g = grad.contiguous(), x = input.contiguous();
   if (x.scalar_type() == at::kDouble)
     return weight_grad<double>(g, x, kh, kw, pad_h, pad_w);
   return weight_grad<float>(g, x, kh, kw, pad_h, pad_w);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(mmvitmix, m) {
+  m.def(
+      "dwconv_weight_grad(Tensor grad, Tensor input, int kh, int kw, "
+      "int pad_h, int pad_w) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(mmvitmix, CPU, m) {
+  m.impl("dwconv_weight_grad", &dwconv_weight_grad_cpu);
 }
 
 }  // namespace mmvitmix
