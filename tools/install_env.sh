@@ -51,8 +51,13 @@ have mmdet 3.3.0 || pipi mmdet==3.3.0
 have mmseg 1.2.2 || pipi mmsegmentation==1.2.2
 have mmpretrain 1.2.0 || pipi mmpretrain==1.2.0
 "$PY" -c "import pycocotools, pytest, ftfy, regex" 2>/dev/null || pipi pycocotools pytest ftfy regex
-# ONNX export and its check in onnxruntime (tools/deploy/export_onnx.py)
-"$PY" -c "import onnx, onnxscript, onnxruntime" 2>/dev/null || pipi onnx onnxscript onnxruntime
+# ONNX export and its check in onnxruntime (tools/deploy/export_onnx.py): pinned, as the exporter's
+# graph and onnxruntime's kernels decide the numbers (versions tested: docs/deploy.md)
+if have onnx 1.23.2 && have onnxscript 0.7.2 && have onnxruntime 1.32.0; then
+  step "onnx 1.23.2, onnxscript 0.7.2, onnxruntime 1.32.0 present"
+else
+  pipi onnx==1.23.2 onnxscript==0.7.2 onnxruntime==1.32.0
+fi
 
 # 5b. openmim 0.3.9 (`mim train/test/search mmvitmix`), without its opendatalab dependency
 #     (opendatalab -> openxlab pins setuptools==60.2.0 and requests==2.28.2; see requirements/mim.txt)

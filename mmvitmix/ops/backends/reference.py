@@ -126,8 +126,11 @@ def emsa_attention_pytorch(q: Tensor,
     attn = attn.softmax(dim=-1)
     if attn.numel() == 0:  # a batch of 0 images: nothing to normalise
         return attn.to(v.dtype) @ v
-    mean = attn.mean(dim=(-2, -1), keepdim=True)
-    centred = attn - mean
+    # every softmax row sums to one, so the map's mean is exactly 1/M: a
+    # reduction's rounding would shift every entry of a near-uniform map,
+    # whose deviations from 1/M are tiny (onnxruntime's ReduceMean erred
+    # 30x more than torch's mean: docs/deploy.md)
+    centred = attn - 1.0 / attn.shape[-1]
     # the biased variance by its definition (two passes), which is faster
     # than torch.var's Welford reduction on these maps
     var = centred.square().mean(dim=(-2, -1), keepdim=True)

@@ -94,8 +94,8 @@ def emsa_attention_centred(q: Tensor, k: Tensor, v: Tensor, scale: float,
     * ``((P - μ) / σ) @ v = ((P - μ) @ v) / σ``: σ scales the (N, Dv)
       output, not the map; without autograd ``P - μ`` is formed in place.
 
-    μ and σ are the map's numerical mean and biased variance, two-pass, as
-    in the reference.
+    μ and σ are the map's numerical mean (the reference uses its exact
+    value 1/M) and biased variance, two-pass.
     """
     bsz, groups, num_q, _ = q.shape
     heads, num_k = weight.shape[0], k.shape[2]
