@@ -56,14 +56,19 @@ class RetentionDecay:
         ``grid_width`` is 0, else the Manhattan distance on rows of
         ``grid_width`` tokens. Made once per (shape, dtype, autograd mode):
         a mask made without autograd (e.g. in a checkpointed block's first
-        pass) is not reused where a gradient may be needed."""
+        pass) is not reused where a gradient may be needed. Symbolic sizes
+        (``torch.export`` with dynamic shapes) are not cached: hashing them
+        would specialise the exported graph to the traced size."""
+        if not (type(length) is int and type(grid_width) is int):
+            return self._make(length, grid_width, dtype)
         key = (length, grid_width, dtype, torch.is_grad_enabled())
         found = self._masks.get(key)
         if found is None:
-            if grid_width:
-                found = decay_bias_2d(length // grid_width, grid_width,
-                                      self.log_decay, dtype)
-            else:
-                found = decay_bias_1d(length, self.log_decay, dtype)
-            self._masks[key] = found
+            found = self._masks[key] = self._make(length, grid_width, dtype)
         return found
+
+    def _make(self, length, grid_width, dtype: torch.dtype) -> Tensor:
+        if grid_width:
+            return decay_bias_2d(length // grid_width, grid_width,
+                                 self.log_decay, dtype)
+        return decay_bias_1d(length, self.log_decay, dtype)

@@ -297,3 +297,20 @@ def test_cuda_matches_reference(case, dtype, tol):
         scale = want.grad.abs().max().item() + 1
         assert_close(
             got.grad.double().cpu(), want.grad, rtol=tol, atol=tol * scale)
+
+
+def test_seam_rejects_bad_tables():
+    """The seam checks RMT's rotary tables and scale before any backend."""
+    q = torch.zeros(1, 2, 3, 4, 8)
+    log_decay = torch.zeros(2)
+    sin = torch.zeros(3, 4, 8)
+    with pytest.raises(ValueError, match='both rotary tables'):
+        retention_attention(q, q, q, log_decay, True, sin=sin)
+    with pytest.raises(ValueError, match=r'sin must be \(H, W, Dk\)'):
+        retention_attention(
+            q, q, q, log_decay, True, sin=sin[:2], cos=sin[:2])
+    with pytest.raises(ValueError, match='scale must be finite'):
+        retention_attention(q, q, q, log_decay, True, scale=float('nan'))
+    with pytest.raises(ValueError, match='no gradient is computed'):
+        retention_attention(
+            q, q, q, log_decay, True, sin=sin.requires_grad_(), cos=sin)

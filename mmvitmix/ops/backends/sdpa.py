@@ -94,8 +94,8 @@ def emsa_attention_centred(q: Tensor, k: Tensor, v: Tensor, scale: float,
     * ``((P - μ) / σ) @ v = ((P - μ) @ v) / σ``: σ scales the (N, Dv)
       output, not the map; without autograd ``P - μ`` is formed in place.
 
-    μ and σ are the map's numerical mean (the reference uses its exact
-    value 1/M) and biased variance, two-pass.
+    μ is the map's exact mean 1/M (every softmax row sums to one), as in
+    the reference; σ² the biased variance, two-pass.
     """
     bsz, groups, num_q, _ = q.shape
     heads, num_k = weight.shape[0], k.shape[2]
@@ -108,7 +108,7 @@ def emsa_attention_centred(q: Tensor, k: Tensor, v: Tensor, scale: float,
     attn = attn.softmax(dim=-1)
     if attn.numel() == 0:
         return attn.to(v.dtype) @ v
-    mean = attn.mean(dim=(-2, -1), keepdim=True)
+    mean = 1.0 / num_k
     if torch.is_grad_enabled() and attn.requires_grad:
         centred = attn - mean  # softmax's backward needs its output
     else:
