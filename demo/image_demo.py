@@ -28,6 +28,7 @@ import mmcv
 import numpy as np
 
 from mmvitmix.apis import load_config
+from mmvitmix.apis.cli import run
 
 
 def parse_args(argv=None):
@@ -163,4 +164,4 @@ def main(argv: Optional[List[str]] = None) -> List[str]:
 
 
 if __name__ == '__main__':
-    main()
+    run(main)

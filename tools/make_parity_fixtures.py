@@ -56,6 +56,7 @@ from typing import Callable, Dict, List
 
 import torch
 import torch.nn as nn
+from mmvitmix.apis.cli import run
 
 #: the fixtures' official models are tiny: every file stays well under 1 MB
 SEED = 20260
@@ -502,4 +503,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == '__main__':
-    main()
+    run(main)

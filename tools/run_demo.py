@@ -31,6 +31,7 @@ from pathlib import Path
 os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
 
 import numpy as np  # noqa: E402
+from mmvitmix.apis.cli import run
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -248,4 +249,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    run(main)

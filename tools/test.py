@@ -18,6 +18,7 @@ from mmengine.config import DictAction
 from mmvitmix.apis import (LAUNCHERS, build_runner, check_annotation_files,
                            load_config, prepare_cpu_distributed,
                            set_local_rank, set_work_dir)
+from mmvitmix.apis.cli import run
 
 
 def parse_args(argv=None):
@@ -136,4 +137,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    main()
+    run(main)

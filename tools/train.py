@@ -19,6 +19,7 @@ from mmvitmix.apis import (LAUNCHERS, build_runner, check_annotation_files,
                            choose_resume_checkpoint, enable_cpu_amp,
                            load_config, prepare_cpu_distributed,
                            set_local_rank, set_work_dir)
+from mmvitmix.apis.cli import run
 
 
 def parse_args(argv=None):
@@ -118,4 +119,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    main()
+    run(main)

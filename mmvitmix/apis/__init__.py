@@ -1,5 +1,6 @@
 """Launching: what ``tools/train.py``, ``tools/test.py``, ``demo/`` and the
 deploy and converter tools share (:mod:`.launch`)."""
+from .cli import ToolError, run
 from .launch import (LAUNCHERS, SCOPE_REGISTRARS, build_runner,
                      check_annotation_files, choose_resume_checkpoint,
                      convert_sync_bn_cfg, enable_cpu_amp, load_config,
@@ -10,5 +11,5 @@ __all__ = [
     'LAUNCHERS', 'SCOPE_REGISTRARS', 'build_runner', 'check_annotation_files',
     'choose_resume_checkpoint', 'convert_sync_bn_cfg', 'enable_cpu_amp',
     'load_config', 'prepare_cpu_distributed', 'resolve_scope',
-    'set_local_rank', 'set_work_dir'
+    'set_local_rank', 'set_work_dir', 'ToolError', 'run'
 ]

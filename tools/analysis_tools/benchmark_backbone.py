@@ -55,6 +55,7 @@ import torch
 from mmvitmix.utils.bench import (device_name, load_official_models,
                                   measure_step, memory_cell, run_child,
                                   time_cell)
+from mmvitmix.apis.cli import run
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -341,4 +342,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    main()
+    run(main)

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from mmvitmix.utils.bench import cpu_name, time_cell
+from mmvitmix.apis.cli import run
 
 # (layer, channels, grid, kernel) at 512x512 input
 LAYERS = [
@@ -33,12 +34,12 @@ LAYERS = [
 ]
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--threads', type=int, default=1)
     parser.add_argument('--warmup', type=int, default=2)
     parser.add_argument('--repeats', type=int, default=9)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     from mmvitmix.ops import dwconv
     op = dwconv._weight_grad_op()
@@ -88,4 +89,4 @@ def main():
 
 
 if __name__ == '__main__':
-    main()
+    run(main)

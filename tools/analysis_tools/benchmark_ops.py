@@ -33,6 +33,7 @@ import torch
 
 from mmvitmix.utils.bench import (device_name, measure_step, memory_cell,
                                   run_child, time_cell)
+from mmvitmix.apis.cli import run
 
 # stage: (heads, head_dim, decomposed) of RMT-S
 RMT_S_STAGES = {'stage1': (4, 16, True), 'stage2': (4, 32, True),
@@ -141,7 +142,7 @@ def measure(method, case, args, what):
                         unit=1e3)
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--device', default='cuda'
                         if torch.cuda.is_available() else 'cpu',
@@ -166,7 +167,7 @@ def main():
     parser.add_argument('--memory', action='store_true',
                         help='also measure peak memory (one more run each)')
     parser.add_argument('--child', help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.child is not None:
         method, case, what = json.loads(args.child)
@@ -233,4 +234,4 @@ def main():
 
 
 if __name__ == '__main__':
-    main()
+    run(main)

@@ -28,6 +28,7 @@ import sys
 import torch
 
 from mmvitmix.utils.bench import device_name, measure_step, run_child
+from mmvitmix.apis.cli import run
 
 ALL_MODELS = [
     'RMT:t', 'RMT:s', 'RMT:b', 'RMT:l', 'ResT:lite', 'ResT:small',
@@ -114,4 +115,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    main()
+    run(main)

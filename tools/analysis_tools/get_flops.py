@@ -39,6 +39,7 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
+from mmvitmix.apis.cli import run
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -402,4 +403,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    main()
+    run(main)

@@ -57,6 +57,7 @@ from mmvitmix.testing import emsa_error, emsa_inputs, retention_error, \
     rmt_inputs
 from mmvitmix.utils.bench import device_name, load_official_models, \
     measure_step
+from mmvitmix.apis.cli import run
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -415,4 +416,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    run(main)

@@ -34,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from mmvitmix.apis.cli import run
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -198,4 +199,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    main()
+    run(main)

@@ -28,6 +28,7 @@ from typing import Dict, List
 
 import cv2
 import numpy as np
+from mmvitmix.apis.cli import run
 
 SPLITS = ('train', 'val')
 MIN_SIDE = 8
@@ -111,4 +112,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    run(main)

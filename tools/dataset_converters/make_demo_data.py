@@ -44,6 +44,7 @@ from typing import Dict, List, Tuple
 
 import cv2
 import numpy as np
+from mmvitmix.apis.cli import run
 
 COCO_CLASSES = ('circle', 'square', 'triangle')
 ADE_CLASSES = ('background', ) + COCO_CLASSES
@@ -380,4 +381,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    run(main)

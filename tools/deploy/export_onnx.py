@@ -63,6 +63,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from mmvitmix.apis.cli import run
 
 OPSET = 18
 DYNAMIC_MIN = 64
@@ -411,4 +412,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    run(main)

@@ -37,6 +37,7 @@ from mmengine.registry import MODELS, init_default_scope
 from mmengine.runner import load_checkpoint
 
 from mmvitmix.apis import load_config
+from mmvitmix.apis.cli import run
 
 
 def parse_args(argv: Optional[List[str]] = None):
@@ -258,4 +259,4 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    run(main)

@@ -45,6 +45,7 @@ from mmvitmix.models.utils.whole_model import (check_against_model,
                                                convert_whole_model,
                                                whole_model_layout)
 from mmvitmix.utils import check_output_path, save_checkpoint_atomic
+from mmvitmix.apis.cli import run
 
 
 def build_model(config: str):
@@ -144,4 +145,4 @@ def cli(argv=None):
 
 
 if __name__ == '__main__':
-    cli()
+    run(cli)

@@ -12,8 +12,9 @@ either structure. MMPretrain's interleaved ``network.{n}`` becomes
 classifier (``head.*``, ``neck.*``) is dropped.
 """
 from mmvitmix.models.backbones.riformer import convert_riformer
+from mmvitmix.apis.cli import run
 from mmvitmix.models.converters import main
 
 if __name__ == '__main__':
-    main(convert_riformer,
-         'Convert an MMPretrain RIFormer checkpoint to mmvitmix.')
+    run(lambda argv: main(convert_riformer,
+         'Convert an MMPretrain RIFormer checkpoint to mmvitmix.', argv))

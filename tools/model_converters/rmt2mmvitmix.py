@@ -31,6 +31,7 @@ from mmvitmix.models.backbones.rmt import (convert_rmt,
                                            is_whole_model)
 from mmvitmix.models.converters import load_source, main, unwrap_state_dict
 from mmvitmix.utils import check_output_path, save_checkpoint_atomic
+from mmvitmix.apis.cli import run
 
 
 def build_model(config: str):
@@ -116,4 +117,4 @@ def cli(argv=None):
 
 
 if __name__ == '__main__':
-    cli()
+    run(cli)
