@@ -31,6 +31,7 @@ from mmengine.model.weight_init import trunc_normal_
 from torch import Tensor
 
 from mmvitmix.ops.backends import check_backend
+from mmvitmix.ops.conv_ffn import conv_ffn_tail, fused_tail_usable
 from mmvitmix.ops.dwconv import depthwise_conv2d
 from mmvitmix.ops.decay import RetentionDecay
 from mmvitmix.ops.retention import retention_attention
@@ -180,6 +181,12 @@ class ConvFFN(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.fc1(x)
+        conv = self.dwconv.conv
+        params = (conv.weight, conv.bias, self.fc2.weight, self.fc2.bias)
+        if fused_tail_usable(x, *params):
+            # training: only fc1's output kept for backward (GELU and the
+            # conv recomputed there), not three hidden-size tensors
+            return conv_ffn_tail(x, *params)
         if torch.is_grad_enabled() and x.requires_grad:
             x = F.gelu(x)
         else:  # nothing records fc1's output: no second hidden-size tensor
