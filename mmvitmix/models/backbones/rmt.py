@@ -53,8 +53,14 @@ def add_into(fresh: Tensor, other: Tensor) -> Tensor:
     ``fresh`` must be a branch's new output that no backward needs (a conv
     or linear output): the sum then takes no large temporary. Under
     autocast the dtypes may differ; then the out-of-place sum keeps the
-    promoted dtype.
+    promoted dtype. Under autograd a ``fresh`` that is a view (a linear's
+    4-D output, an unflattened conv output) is not written into: autograd
+    would record the write as ``CopySlices`` and make four copies of the
+    gradient in backward, where an out-of-place sum makes none.
     """
+    if (fresh._base is not None and torch.is_grad_enabled()
+            and (fresh.requires_grad or other.requires_grad)):
+        return fresh + other
     if fresh.dtype == torch.promote_types(fresh.dtype, other.dtype):
         return fresh.add_(other)
     return fresh + other
