@@ -32,8 +32,13 @@ def make(case, dtype=torch.float64, seed=0):
             rand(channels) if biases else None)
 
 
+@pytest.mark.parametrize('compiled_wgrad', [True, False])
 @pytest.mark.parametrize('case', CASES)
-def test_fused_equals_plain_ops_float64(case):
+def test_fused_equals_plain_ops_float64(monkeypatch, case, compiled_wgrad):
+    """Both weight-gradient paths: the compiled CPU kernel and torch's own
+    (what a GPU, or a CPU without the extension, runs)."""
+    if not compiled_wgrad:
+        monkeypatch.setattr(conv_ffn, '_compiled_usable', lambda g: False)
     inputs = make(case)
     assert fused_tail_usable(*inputs)
     out = conv_ffn_tail(*inputs)
