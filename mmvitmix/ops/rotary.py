@@ -13,6 +13,7 @@ checking the pairing would synchronise with the device; bfloat16/float16,
 which have no complex type; an exported graph, ONNX having no complex
 tensors) it is the real form with two full-size temporaries.
 """
+import weakref
 from typing import Optional, Tuple
 
 import torch
@@ -36,16 +37,33 @@ def theta_shift(x: Tensor, sin: Tensor, cos: Tensor) -> Tensor:
     return (x * cos).addcmul_(swapped, signed_sin)
 
 
+#: the last tables seen and their complex table: a stage's blocks all get
+#: the same two table tensors, which are checked and combined once
+_LAST_PAIRS: list = [None, None, None, None]
+
+
 def rotary_pairs(sin: Tensor, cos: Tensor) -> Optional[Tensor]:
     """The tables as one complex table ``cos + i·sin`` over the pairs, or
-    None when they do not pair exactly or have no complex dtype."""
+    None when they do not pair exactly or have no complex dtype.
+
+    The result for the last (``sin``, ``cos``) pair is kept (weakly
+    referenced tables, their version counters checked), so the blocks of a
+    stage share one check and one complex table."""
     if (sin.dtype not in _COMPLEX_DTYPES or sin.dtype != cos.dtype
             or sin.shape[-1] % 2):
         return None
+    sin_ref, cos_ref, versions, found = _LAST_PAIRS
+    if (sin_ref is not None and sin_ref() is sin and cos_ref() is cos
+            and versions == (sin._version, cos._version)):
+        return found
     if not (torch.equal(sin[..., ::2], sin[..., 1::2])
             and torch.equal(cos[..., ::2], cos[..., 1::2])):
-        return None
-    return torch.complex(cos[..., ::2], sin[..., ::2])
+        found = None
+    else:
+        found = torch.complex(cos[..., ::2], sin[..., ::2])
+    _LAST_PAIRS[:] = [weakref.ref(sin), weakref.ref(cos),
+                      (sin._version, cos._version), found]
+    return found
 
 
 def _shift_complex(x: Tensor, rotation: Tensor, inplace: bool) -> Tensor:
