@@ -203,8 +203,15 @@ def read_pretrained(owner: str, checkpoint: str, map_location: str):
         raise FileNotFoundError(
             f'{owner}: checkpoint {checkpoint!r} does not exist') from exc
     except Exception as exc:  # whatever the unpickler raises
-        what = ('the download or the file failed' if '://' in checkpoint
-                else 'not a PyTorch checkpoint file, or a damaged one')
+        if 'Unsupported global' in str(exc):
+            what = ('it pickles Python objects besides tensors, which '
+                    'torch.load(weights_only=True) refuses; if you trust the '
+                    'file, convert it once with tools/model_converters/'
+                    '<family>2mmvitmix.py --allow-pickle')
+        elif '://' in checkpoint:
+            what = 'the download or the file failed'
+        else:
+            what = 'not a PyTorch checkpoint file, or a damaged one'
         raise ValueError(
             f'{owner}: cannot read checkpoint {checkpoint!r}: {what} '
             f'({reading_error_detail(exc)})') from exc

@@ -45,6 +45,9 @@ def reading_error_detail(exc: BaseException) -> str:
         cause = after.splitlines()[0].strip() if after else None
     if cause is None and lines:
         cause = lines[0]
+    if cause and 'Unsupported global' in cause:
+        # torch's advice after the class name does not apply here
+        cause = cause.split(' was not an allowed global')[0]
     if cause and len(cause) > 200:
         cause = cause[:200] + ' ...'
     return type(exc).__name__ + (f': {cause}' if cause else '')

@@ -278,3 +278,20 @@ def test_pretrained_random_bytes_are_refused_by_name(cls, tmp_path):
                        match=f"{cls.__name__}: checkpoint '.*missing.pth' "
                        'does not exist'):
         model.load_pretrained(str(tmp_path / 'missing.pth'))
+
+
+def test_pretrained_with_pickled_objects_says_so(tmp_path):
+    """A training checkpoint that pickles its ``args`` (as the official
+    training scripts save them) is not called damaged: the error says what
+    torch refused and how to convert it."""
+    import argparse
+    path = tmp_path / 'with_args.pth'
+    torch.save({'model': _tiny(RMT).state_dict(),
+                'args': argparse.Namespace(lr=0.1)}, path)
+    with pytest.raises(ValueError) as info:
+        _tiny(RMT).load_pretrained(str(path))
+    message = str(info.value)
+    assert message.startswith(f"RMT: cannot read checkpoint '{path}': it "
+                              'pickles Python objects besides tensors')
+    assert '--allow-pickle' in message
+    assert 'Unsupported global: GLOBAL argparse.Namespace)' in message
