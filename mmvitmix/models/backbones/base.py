@@ -36,6 +36,9 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from mmvitmix.utils import allow_mmengine_checkpoints
 from ..converters import unwrap_state_dict
+from ..converters.files import reading_error_detail
+from ..converters.identify import (backbone_family, check_checkpoint_family,
+                                   check_checkpoint_fits)
 
 
 def normalize_out_indices(out_indices: Union[int, Sequence[int]],
@@ -186,6 +189,32 @@ def run_blocks(blocks: Iterable[nn.Module],
 #: that official ImageNet files lack not counted) that a Pretrained checkpoint
 #: must provide unless ``init_cfg`` lowers ``min_coverage``
 DEFAULT_MIN_COVERAGE = 0.9
+
+
+def read_pretrained(owner: str, checkpoint: str, map_location: str):
+    """``CheckpointLoader.load_checkpoint`` whose every failure names the
+    file: a missing one as missing, anything torch raises while reading
+    (random bytes give ``UnpicklingError``, ``IndexError``, ``KeyError``,
+    ...) as an unreadable checkpoint."""
+    try:
+        return CheckpointLoader.load_checkpoint(
+            checkpoint, map_location=map_location, logger='current')
+    except FileNotFoundError as exc:
+        raise FileNotFoundError(
+            f'{owner}: checkpoint {checkpoint!r} does not exist') from exc
+    except Exception as exc:  # whatever the unpickler raises
+        if 'Unsupported global' in str(exc):
+            what = ('it pickles Python objects besides tensors, which '
+                    'torch.load(weights_only=True) refuses; if you trust the '
+                    'file, convert it once with tools/model_converters/'
+                    '<family>2mmvitmix.py --allow-pickle')
+        elif '://' in checkpoint:
+            what = 'the download or the file failed'
+        else:
+            what = 'not a PyTorch checkpoint file, or a damaged one'
+        raise ValueError(
+            f'{owner}: cannot read checkpoint {checkpoint!r}: {what} '
+            f'({reading_error_detail(exc)})') from exc
 
 
 class VitMixBackbone(BaseModule):
@@ -453,8 +482,7 @@ class VitMixBackbone(BaseModule):
             allow_mmengine_checkpoints()
             print_log(f'{type(self).__name__}: loading {checkpoint}',
                       logger='current')
-            ckpt = CheckpointLoader.load_checkpoint(
-                checkpoint, map_location=map_location, logger='current')
+            ckpt = read_pretrained(name, checkpoint, map_location)
         else:
             ckpt = checkpoint
         state = unwrap_state_dict(ckpt)
@@ -468,7 +496,15 @@ class VitMixBackbone(BaseModule):
             if not state:
                 raise ValueError(f'no key of the checkpoint starts with '
                                  f'prefix {prefix!r}')
+        # another family's file is refused by name, before any conversion
+        family, found = backbone_family(type(self)), None
+        if family is not None:
+            found = check_checkpoint_family(
+                name, (family, ), state, source,
+                lambda found: '; give it to a backbone of that type')
         state = self.adapt_converted_state(self.converter(state))
+        # another variant of the family: name the arch that fits the file
+        check_checkpoint_fits(name, self.state_dict(), state, source, found)
         self.check_coverage(state, source, min_coverage)
         result = self.load_state_dict(state, strict=False)
         expected_missing = set(self.output_norm_keys())
