@@ -66,17 +66,56 @@ def rotary_pairs(sin: Tensor, cos: Tensor) -> Optional[Tensor]:
     return found
 
 
+def _pairs_viewable(x: Tensor) -> bool:
+    """Whether ``view_as_complex`` can view ``x``'s last dim as pairs."""
+    return x.stride(-1) == 1 and not any(
+        st % 2 for st in x.stride()[:-1]) and not x.storage_offset() % 2
+
+
+def _as_pairs(x: Tensor) -> Tensor:
+    return torch.view_as_complex(x.unflatten(-1, (-1, 2)))
+
+
+class _ComplexShift(torch.autograd.Function):
+    """``x`` times a complex table over its pairs, the result and the
+    gradient laid out in memory as ``x`` is.
+
+    Through ``view_as_complex`` / ``view_as_real`` autograd copies the
+    gradient twice (to make it contiguous, then back into the layout of the
+    projection ``x`` is a view of); here the gradient is written once, into
+    ``x``'s layout, as the conjugate product."""
+
+    @staticmethod
+    def forward(ctx, x, rotation):
+        out = torch.empty_like(x)  # x's strides where x is dense
+        torch.mul(_as_pairs(x), rotation, out=_as_pairs(out))
+        ctx.save_for_backward(rotation)
+        ctx.layout = (out.shape, out.stride())
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        rotation, = ctx.saved_tensors
+        if not _pairs_viewable(grad):
+            grad = grad.contiguous()
+        shape, stride = ctx.layout
+        grad_x = grad.new_empty_strided(shape, stride)  # never overlapping
+        torch.mul(_as_pairs(grad), rotation.conj(), out=_as_pairs(grad_x))
+        return grad_x, None
+
+
 def _shift_complex(x: Tensor, rotation: Tensor, inplace: bool) -> Tensor:
     """:func:`theta_shift` as a complex product; keeps ``x``'s layout."""
-    if x.dtype != rotation.real.dtype or x.stride(-1) != 1 or any(
-            st % 2 for st in x.stride()[:-1]) or x.storage_offset() % 2:
+    if x.dtype != rotation.real.dtype or not _pairs_viewable(x):
         # view_as_complex needs pairs adjacent and aligned
         x = x.to(rotation.real.dtype).contiguous()
-    pairs = torch.view_as_complex(x.unflatten(-1, (-1, 2)))
     if inplace:
-        pairs.mul_(rotation)
+        _as_pairs(x).mul_(rotation)
         return x
-    return torch.view_as_real(pairs * rotation).flatten(-2)
+    if torch.is_grad_enabled() and x.requires_grad:
+        return _ComplexShift.apply(x, rotation)
+    return torch.view_as_real(_as_pairs(x) * rotation).flatten(-2)
 
 
 def rotate_qk(q: Tensor,
