@@ -89,11 +89,11 @@ def build(args, code):
     """(module to put in train/eval mode, callable on the input)."""
     kind, arch, official_file, ctor = MODELS[args.model]
     if code == 'mmvitmix':
-        import mmvitmix.models  # noqa: F401
-        from mmvitmix.registry import MODELS as REGISTRY
-        model = REGISTRY.build(
-            dict(type=kind, arch=arch, drop_path_rate=0.,
-                 out_indices=(0, 1, 2, 3)))
+        from mmvitmix.models import backbones
+        # the class itself: a registry build would follow whatever default
+        # scope the process has set
+        model = getattr(backbones, kind)(
+            arch=arch, drop_path_rate=0., out_indices=(0, 1, 2, 3))
         return model, model
     from mmvitmix.utils.bench import load_official_models
     om = load_official_models(args.official_loader)
