@@ -16,13 +16,14 @@ import os
 import sys
 from typing import Callable, List, Optional
 
+from mmvitmix.utils.errors import ToolError
+
+__all__ = ['DEBUG_ENV', 'DEBUG_FLAG', 'ToolError', 'debug_requested',
+           'one_line', 'run']
+
 #: environment variable that turns the traceback back on
 DEBUG_ENV = 'MMVITMIX_DEBUG'
 DEBUG_FLAG = '--debug'
-
-
-class ToolError(ValueError):
-    """A problem with what the user gave a tool; its message is the report."""
 
 
 def debug_requested(argv: Optional[List[str]] = None) -> bool:
