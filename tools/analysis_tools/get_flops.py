@@ -39,7 +39,9 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
-from mmvitmix.apis.cli import run
+
+from mmvitmix.apis import check_config, check_output_file, check_shape
+from mmvitmix.apis.cli import ToolError, run
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -318,6 +320,33 @@ def table_rows(args):
     return lines
 
 
+#: backbone types the tool builds by name
+TYPES = sorted({kind for kind, _ in VARIANTS})
+
+
+def check_args(args) -> None:
+    """Everything the user gave, before a model or tensor exists."""
+    if args.shape is not None:
+        check_shape(args.shape, lengths=(1, 2))
+    if args.out is not None:
+        check_output_file(args.out, '--out')
+    if args.table or not args.target:
+        return
+    if args.target.endswith('.py'):
+        check_config(args.target)
+        return
+    if args.target not in TYPES:
+        raise ToolError(f'unknown target {args.target!r}: give a config file '
+                        f'(.py) or a backbone type, one of {TYPES}')
+    if args.arch is not None:
+        import mmvitmix.models  # noqa: F401
+        from mmvitmix.registry import MODELS
+        archs = sorted(MODELS.get(args.target).arch_settings)
+        if args.arch.lower() not in archs:
+            raise ToolError(f'--arch {args.arch!r} is not an arch of '
+                            f'{args.target}; accepted: {archs}')
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(
         description=__doc__.split('\n')[0],
@@ -341,6 +370,7 @@ def main(argv=None):
                         'give none to skip)')
     parser.add_argument('--out', help='also write the table to this file')
     args = parser.parse_args(argv)
+    check_args(args)
     torch.manual_seed(0)
     _quiet_mmengine()
     if args.backend == 'flex' and args.counter == 'torch':
