@@ -279,8 +279,8 @@ def test_export_onnx(files, tmp_path):
         small_shape=['--shape 16 64', 'at least 32'],
         out_folder=['is an existing folder'],
         target=["unknown target 'NoSuchNet'", 'RMT'],
-        # the converters name a foreign file (their own checks)
-        backbone_foreign=[],
+        # the converter's reason, with the file
+        backbone_foreign=['RMT: cannot load', 'resnet18.pth'],
         backbone_random=['is unreadable'])
     check(results, expected, written=[out])
 
@@ -330,9 +330,11 @@ def test_visualize_decay(files, tmp_path):
     check(results, {
         'missing': ['does not exist'],
         'random': ['is unreadable'],
-        # RMT's converter names keys it has no rule for (its own check)
-        'resnet18': [],
-        'container': [],
+        # RMT's converter's reason (its own check), with the file
+        'resnet18': ['RMT: cannot load', 'resnet18.pth'],
+        # in this project's layout: past the converter, refused by the rule
+        'container': ['RMT: no parameter of the backbone',
+                      'container_light.pth'],
         'partial': ["RMT: ", "of the backbone's parameters",
                     'below min_coverage=0.9', '--min-coverage 0.01'],
         'size': ['--size must be at least 32'],

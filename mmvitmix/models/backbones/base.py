@@ -33,7 +33,7 @@ from mmengine.logging import print_log
 from mmengine.model import BaseModule
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from mmvitmix.utils import read_checkpoint
+from mmvitmix.utils import CheckpointError, read_checkpoint
 from mmvitmix.utils.checkpoint import DEFAULT_MIN_COVERAGE
 from mmvitmix.utils.checkpoint import check_coverage as _check_coverage
 from ..converters import unwrap_state_dict
@@ -480,7 +480,15 @@ class VitMixBackbone(BaseModule):
             if not state:
                 raise ValueError(f'no key of the checkpoint starts with '
                                  f'prefix {prefix!r}')
-        state = self.adapt_converted_state(self.converter(state))
+        try:
+            state = self.converter(state)
+        except (KeyError, ValueError, TypeError) as exc:
+            # the converter's reason, with the file it was given
+            text = (exc.args[0] if isinstance(exc, KeyError) and exc.args
+                    else str(exc))
+            raise CheckpointError(
+                f'{name}: cannot load {source}: {text}') from exc
+        state = self.adapt_converted_state(state)
         coverage = self.check_coverage(state, source, min_coverage, opt_in)
         mismatched = [k for k, _, _ in coverage.mismatched]
         if coverage.mismatched:
