@@ -25,7 +25,8 @@ pytestmark = pytest.mark.slow  # one Python start-up and model builds a tool
 
 DRIVER = Path(__file__).with_name('tool_driver.py')
 RMT_DEMO = REPO_ROOT / 'configs' / 'demo' / 'maskrcnn_rmt_t_demo.py'
-RIFORMER_DEMO = REPO_ROOT / 'configs' / 'demo' / 'maskrcnn_riformer_s12_demo.py'
+RIFORMER_DEMO = (REPO_ROOT / 'configs' / 'demo' /
+                 'maskrcnn_riformer_s12_demo.py')
 COCO_VAL = REPO_ROOT / 'data' / 'demo' / 'coco' / 'val'
 
 
