@@ -47,16 +47,17 @@ in eval mode, except ``to_2tuple``, given its meaning).
 """
 import argparse
 import hashlib
-import os
 import os.path as osp
 import sys
+import tempfile
 import types
 import warnings
 from typing import Callable, Dict, List
 
 import torch
 import torch.nn as nn
-from mmvitmix.apis.cli import run
+from mmvitmix.apis import cli
+from mmvitmix.apis.cli import ToolError, run
 
 #: the fixtures' official models are tiny: every file stays well under 1 MB
 SEED = 20260
@@ -453,6 +454,48 @@ def riformer_fixture(mmpretrain_dir: str) -> dict:
         **run_all(forward, make_inputs(SEED + 41), [model]))
 
 
+#: the files of open-mmlab/mmpretrain's package folder this script reads
+MMPRETRAIN_FILES = ('models/backbones/riformer.py',
+                    'models/backbones/poolformer.py')
+
+
+def check_args(args) -> Dict[str, tuple]:
+    """The fixtures to write, ``{family: (function, paths, sources)}``,
+    after checking every given source and the output folder."""
+    for option in ('rmt', 'rest', 'restv2', 'restv2_seg', 'container'):
+        if getattr(args, option):
+            cli.existing_file('--' + option.replace('_', '-'),
+                              getattr(args, option), ('.py', ))
+    if args.restv2_seg and not args.restv2:
+        raise ToolError('--restv2-seg goes with --restv2 (the ResT v2 '
+                        'classifier, models/rest_v2.py)')
+    if args.mmpretrain:
+        cli.existing_dir('--mmpretrain', args.mmpretrain, MMPRETRAIN_FILES)
+    jobs = {
+        'rmt': (rmt_fixture, [args.rmt], [('qhfan/RMT', args.rmt)]),
+        'rest': (rest_fixture, [args.rest],
+                 [('wofmanaf/ResT', args.rest)]),
+        'restv2': (restv2_fixture, [args.restv2, args.restv2_seg],
+                   [('wofmanaf/ResT', args.restv2),
+                    ('wofmanaf/ResT', args.restv2_seg)]),
+        'container': (container_fixture, [args.container],
+                      [('allenai/container', args.container)]),
+        'riformer': (riformer_fixture, [args.mmpretrain], [
+            ('open-mmlab/mmpretrain', osp.join(args.mmpretrain, p))
+            for p in MMPRETRAIN_FILES
+        ] if args.mmpretrain else []),
+    }
+    jobs = {k: v for k, v in jobs.items() if v[1][0]}
+    if not jobs:
+        raise ToolError('nothing to write: give the official source of at '
+                        'least one family (--rmt, --rest, --restv2, '
+                        '--container, --mmpretrain)')
+    out = cli.output_dir('--out', args.out)
+    for name in jobs:
+        cli.output_file('--out', out / f'{name}.pt')
+    return jobs
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--rmt', help='qhfan/RMT classfication_release/'
@@ -466,40 +509,27 @@ def main(argv=None) -> None:
                         'folder (open-mmlab/mmpretrain mmpretrain/)')
     parser.add_argument('--out', default='tests/data/parity')
     args = parser.parse_args(argv)
+    jobs = check_args(args)
     torch.set_num_threads(1)  # deterministic reductions
-    jobs = {
-        'rmt': (rmt_fixture, [args.rmt], [('qhfan/RMT', args.rmt)]),
-        'rest': (rest_fixture, [args.rest],
-                 [('wofmanaf/ResT', args.rest)]),
-        'restv2': (restv2_fixture, [args.restv2, args.restv2_seg],
-                   [('wofmanaf/ResT', args.restv2),
-                    ('wofmanaf/ResT', args.restv2_seg)]),
-        'container': (container_fixture, [args.container],
-                      [('allenai/container', args.container)]),
-        'riformer': (riformer_fixture, [args.mmpretrain], [
-            ('open-mmlab/mmpretrain', osp.join(args.mmpretrain, p))
-            for p in ('models/backbones/riformer.py',
-                      'models/backbones/poolformer.py')
-        ] if args.mmpretrain else []),
-    }
-    os.makedirs(args.out, exist_ok=True)
-    written = 0
+    fixtures = {}
     for name, (fn, paths, sources) in jobs.items():
-        if not paths[0]:
-            continue
         print(f'{name}:')
         fixture = fn(*paths)
         fixture['source'] = [
             dict(repo=repo, file=osp.basename(p), sha256=sha256(p))
             for repo, p in sources if p
         ]
+        with tempfile.TemporaryDirectory() as tmp:  # the archive is named
+            path = osp.join(tmp, f'{name}.pt')    # after the file
+            torch.save(fixture, path)
+            with open(path, 'rb') as f:
+                data = f.read()
+        fixtures[name] = (data, [tuple(x.shape) for x in fixture['inputs']])
+    # written only when every family succeeded, each file whole
+    for name, (data, shapes) in fixtures.items():
         out = osp.join(args.out, f'{name}.pt')
-        torch.save(fixture, out)
-        print(f'  {out}: {os.path.getsize(out) / 1024:.0f} KiB, inputs '
-              f'{[tuple(x.shape) for x in fixture["inputs"]]}')
-        written += 1
-    if not written:
-        parser.error('give the official source of at least one family')
+        cli.write_file(out, data)
+        print(f'  {out}: {len(data) / 1024:.0f} KiB, inputs {shapes}')
 
 
 if __name__ == '__main__':

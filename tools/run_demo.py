@@ -20,7 +20,6 @@ Options shorten the run (``--max-iters 50``) or change the config
 import argparse
 import os
 import os.path as osp
-import sys
 import time
 from pathlib import Path
 
@@ -31,7 +30,8 @@ from pathlib import Path
 os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
 
 import numpy as np  # noqa: E402
-from mmvitmix.apis.cli import run
+from mmvitmix.apis import cli
+from mmvitmix.apis.cli import ToolError, run
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -75,10 +75,16 @@ def parse_args(argv=None):
         help='key=value pairs merged into the config, e.g. '
         'optim_wrapper.optimizer.lr=5e-4')
     args = parser.parse_args(argv)
-    if args.max_iters is not None and args.max_iters < 1:
-        parser.error(f'--max-iters must be >= 1, got {args.max_iters}')
-    if args.num_vis < 1:
-        parser.error(f'--num-vis must be >= 1, got {args.num_vis}')
+    if args.max_iters is not None:
+        cli.count('--max-iters', args.max_iters, 2,
+                  what='one warm-up iteration, then the cosine schedule')
+    cli.count('--num-vis', args.num_vis)
+    if not 0 <= args.score_thr <= 1:
+        raise ToolError(f'--score-thr {args.score_thr}: give a score from '
+                        '0 to 1')
+    cli.output_dir('--work-dir', args.work_dir)
+    cli.output_file('--work-dir', Path(args.work_dir) / 'predictions.png')
+    cli.output_dir('--data', args.data)
     return args
 
 
@@ -114,10 +120,26 @@ def ensure_data(root: Path) -> None:
 
 
 def build_cfg(args):
-    from mmengine.config import Config
-    cfg = Config.fromfile(args.config)
+    """The demo config with the arguments applied; refused by name when it
+    is not a training config of the demo's kind."""
+    cfg = cli.config_file('--config', args.config)
     if args.cfg_options:
-        cfg.merge_from_dict(args.cfg_options)
+        try:
+            cfg.merge_from_dict(args.cfg_options)
+        except Exception as exc:
+            raise ToolError(f'--cfg-options {args.cfg_options}: '
+                            f'{cli.one_line(exc)}') from exc
+    try:
+        return _apply_args(cfg, args)
+    except (KeyError, AttributeError, TypeError) as exc:
+        raise ToolError(
+            f'--config {args.config!r} lacks what the demo sets '
+            f'({cli.one_line(exc)}); give an iteration-based detection '
+            'config with train/val/test dataloaders and evaluators, like '
+            'configs/demo/maskrcnn_rmt_t_demo.py') from exc
+
+
+def _apply_args(cfg, args):
     cfg.work_dir = args.work_dir
     cfg.launcher = 'none'
     data_root = osp.join(args.data, 'coco') + '/'
@@ -200,6 +222,7 @@ def draw_predictions(runner, cfg, out_file: Path, num: int,
 def main(argv=None) -> int:
     start = time.time()
     args = parse_args(argv)
+    cfg = build_cfg(args)
     ensure_data(Path(args.data))
 
     from mmengine.hooks import Hook
@@ -215,7 +238,6 @@ def main(argv=None) -> int:
         def after_val_epoch(self, runner, metrics=None):
             self.metrics = dict(metrics or {})
 
-    cfg = build_cfg(args)
     runner = Runner.from_cfg(cfg)
     keep = KeepMetrics()
     runner.register_hook(keep)

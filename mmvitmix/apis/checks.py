@@ -1,6 +1,6 @@
 """Argument checks the command-line tools run before any heavy work.
 
-Each check raises :class:`~mmvitmix.utils.errors.ToolError` with a message
+Each check raises :class:`~mmvitmix.apis.cli.ToolError` with a message
 that names the argument, the problem and what is accepted; the tools'
 :func:`~mmvitmix.apis.cli.run` prints it as one ``error:`` line (exit 1).
 Checkpoints go through one rule (:func:`check_checkpoint_fits`,
@@ -15,7 +15,7 @@ from typing import Iterable, Optional, Sequence
 from mmvitmix.utils.checkpoint import (DEFAULT_MIN_COVERAGE, check_coverage,
                                        check_min_coverage, model_state_dict,
                                        read_checkpoint)
-from mmvitmix.utils.errors import ToolError
+from .cli import ToolError
 
 #: the smallest image side every backbone takes: the total stride of four
 #: stages (Container-Light: the product of its patch sizes, also 32)

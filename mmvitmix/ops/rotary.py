@@ -13,6 +13,7 @@ checking the pairing would synchronise with the device; bfloat16/float16,
 which have no complex type; an exported graph, ONNX having no complex
 tensors) it is the real form with two full-size temporaries.
 """
+import weakref
 from typing import Optional, Tuple
 
 import torch
@@ -36,29 +37,85 @@ def theta_shift(x: Tensor, sin: Tensor, cos: Tensor) -> Tensor:
     return (x * cos).addcmul_(swapped, signed_sin)
 
 
+#: the last tables seen and their complex table: a stage's blocks all get
+#: the same two table tensors, which are checked and combined once
+_LAST_PAIRS: list = [None, None, None, None]
+
+
 def rotary_pairs(sin: Tensor, cos: Tensor) -> Optional[Tensor]:
     """The tables as one complex table ``cos + i·sin`` over the pairs, or
-    None when they do not pair exactly or have no complex dtype."""
+    None when they do not pair exactly or have no complex dtype.
+
+    The result for the last (``sin``, ``cos``) pair is kept (weakly
+    referenced tables, their version counters checked), so the blocks of a
+    stage share one check and one complex table."""
     if (sin.dtype not in _COMPLEX_DTYPES or sin.dtype != cos.dtype
             or sin.shape[-1] % 2):
         return None
+    sin_ref, cos_ref, versions, found = _LAST_PAIRS
+    if (sin_ref is not None and sin_ref() is sin and cos_ref() is cos
+            and versions == (sin._version, cos._version)):
+        return found
     if not (torch.equal(sin[..., ::2], sin[..., 1::2])
             and torch.equal(cos[..., ::2], cos[..., 1::2])):
-        return None
-    return torch.complex(cos[..., ::2], sin[..., ::2])
+        found = None
+    else:
+        found = torch.complex(cos[..., ::2], sin[..., ::2])
+    _LAST_PAIRS[:] = [weakref.ref(sin), weakref.ref(cos),
+                      (sin._version, cos._version), found]
+    return found
+
+
+def _pairs_viewable(x: Tensor) -> bool:
+    """Whether ``view_as_complex`` can view ``x``'s last dim as pairs."""
+    return x.stride(-1) == 1 and not any(
+        st % 2 for st in x.stride()[:-1]) and not x.storage_offset() % 2
+
+
+def _as_pairs(x: Tensor) -> Tensor:
+    return torch.view_as_complex(x.unflatten(-1, (-1, 2)))
+
+
+class _ComplexShift(torch.autograd.Function):
+    """``x`` times a complex table over its pairs, the result and the
+    gradient laid out in memory as ``x`` is.
+
+    Through ``view_as_complex`` / ``view_as_real`` autograd copies the
+    gradient twice (to make it contiguous, then back into the layout of the
+    projection ``x`` is a view of); here the gradient is written once, into
+    ``x``'s layout, as the conjugate product."""
+
+    @staticmethod
+    def forward(ctx, x, rotation):
+        out = torch.empty_like(x)  # x's strides where x is dense
+        torch.mul(_as_pairs(x), rotation, out=_as_pairs(out))
+        ctx.save_for_backward(rotation)
+        ctx.layout = (out.shape, out.stride())
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        rotation, = ctx.saved_tensors
+        if not _pairs_viewable(grad):
+            grad = grad.contiguous()
+        shape, stride = ctx.layout
+        grad_x = grad.new_empty_strided(shape, stride)  # never overlapping
+        torch.mul(_as_pairs(grad), rotation.conj(), out=_as_pairs(grad_x))
+        return grad_x, None
 
 
 def _shift_complex(x: Tensor, rotation: Tensor, inplace: bool) -> Tensor:
     """:func:`theta_shift` as a complex product; keeps ``x``'s layout."""
-    if x.dtype != rotation.real.dtype or x.stride(-1) != 1 or any(
-            st % 2 for st in x.stride()[:-1]) or x.storage_offset() % 2:
+    if x.dtype != rotation.real.dtype or not _pairs_viewable(x):
         # view_as_complex needs pairs adjacent and aligned
         x = x.to(rotation.real.dtype).contiguous()
-    pairs = torch.view_as_complex(x.unflatten(-1, (-1, 2)))
     if inplace:
-        pairs.mul_(rotation)
+        _as_pairs(x).mul_(rotation)
         return x
-    return torch.view_as_real(pairs * rotation).flatten(-2)
+    if torch.is_grad_enabled() and x.requires_grad:
+        return _ComplexShift.apply(x, rotation)
+    return torch.view_as_real(_as_pairs(x) * rotation).flatten(-2)
 
 
 def rotate_qk(q: Tensor,

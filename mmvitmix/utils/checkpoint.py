@@ -20,7 +20,9 @@ from typing import Iterable, List, Mapping, Optional, Sequence, Tuple
 import torch
 import torch.nn as nn
 
-from .errors import ToolError
+# mmvitmix.apis.cli is a leaf (no torch, no mmengine): every layer raises
+# its ToolError, which the tools print as one line
+from mmvitmix.apis.cli import ToolError
 
 #: share of a model's parameters (by element count) that a checkpoint must
 #: provide, with matching shapes, unless the user lowers ``min_coverage``
@@ -39,15 +41,29 @@ class CheckpointError(ToolError):
     """
 
 
+class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
+    """The checkpoint file does not exist (also a ``FileNotFoundError``)."""
+
+
 def _describe(state: Mapping) -> Optional[str]:
     """Which family / architecture ``state`` is a checkpoint of, e.g.
-    ``"an RMT checkpoint, arch=dict(...)"``; None when unknown.
+    ``"an RMT checkpoint (official layout) that fits type='RMT', arch='t'"``;
+    None when unknown or when identification fails (it never hides a
+    refusal).
 
-    Wired to ``mmvitmix.models.converters.describe_checkpoint`` at
-    integration (the converters live above this module; until then it says
-    nothing).
+    ``mmvitmix.models.converters.describe_checkpoint`` knows; the converters
+    live above this module, so it is looked up only when a refusal is being
+    worded and only if ``mmvitmix.models`` is already imported (every caller
+    that builds a model has imported it).
     """
-    return None
+    import sys
+    converters = sys.modules.get('mmvitmix.models.converters')
+    if converters is None:
+        return None
+    try:
+        return converters.describe_checkpoint(dict(state))
+    except Exception:  # noqa: BLE001  a description is a bonus
+        return None
 
 
 def _first_line(exc: BaseException, limit: int = 300) -> str:
@@ -65,11 +81,12 @@ def read_checkpoint(path: str, map_location='cpu'):
     pickled objects allowed (:func:`allow_mmengine_checkpoints`).
 
     Raises:
-        CheckpointError: naming the file, when it does not exist, is a
-            folder, is empty or cannot be read; whatever the unpickler
-            raises on a file that is not a PyTorch checkpoint (random bytes
-            give ``UnpicklingError``, ``EOFError``, ``IndexError``,
-            ``RuntimeError``, ...) becomes "unreadable" with its reason.
+        CheckpointError: naming the file, when it is a folder, is empty
+            or cannot be read; whatever the unpickler raises on a file that
+            is not a PyTorch checkpoint (random bytes give
+            ``UnpicklingError``, ``EOFError``, ``IndexError``,
+            ``RuntimeError``, ...) becomes "cannot read checkpoint" with
+            its reason. A missing file: :class:`CheckpointNotFoundError`.
     """
     from mmengine.runner.checkpoint import CheckpointLoader
     if not isinstance(path, (str, os.PathLike)):
@@ -80,7 +97,8 @@ def read_checkpoint(path: str, map_location='cpu'):
     if not remote:
         local = os.path.expanduser(path)
         if not os.path.exists(local):
-            raise CheckpointError(f'checkpoint {path!r} does not exist')
+            raise CheckpointNotFoundError(
+                f'checkpoint {path!r} does not exist')
         if os.path.isdir(local):
             raise CheckpointError(f'checkpoint {path!r} is a folder, not a '
                                   'checkpoint file')
@@ -88,8 +106,9 @@ def read_checkpoint(path: str, map_location='cpu'):
             raise CheckpointError(f'checkpoint {path!r} cannot be read '
                                   '(permission denied)')
         if os.path.getsize(local) == 0:
-            raise CheckpointError(f'checkpoint {path!r} is unreadable: it is '
-                                  'empty (0 bytes), not a PyTorch checkpoint')
+            raise CheckpointError(f'cannot read checkpoint {path!r}: it is '
+                                  'empty (0 bytes), not a PyTorch checkpoint '
+                                  'file')
         path = local
     allow_mmengine_checkpoints()
     try:
@@ -105,19 +124,21 @@ def _unreadable(path: str, exc: BaseException, remote: bool) -> str:
     # torch's weights-only unpickler: its own reason is on one line of a
     # long, generic explanation
     found = re.search(r'WeightsUnpickler error:\s*([^\n]*)', text)
-    reason = (f'{type(exc).__name__}: {found.group(1).strip()[:300]}'
-              if found else _first_line(exc))
-    if found and 'Unsupported global' in found.group(1):
-        name = re.search(r'GLOBAL (\S+)', found.group(1))
-        return (f'checkpoint {path!r} holds Python objects '
-                f'({name.group(1) if name else "a class"}) that '
-                'torch.load(weights_only=True) does not load: if you trust '
-                'the file, save its state dict alone (torch.load(FILE, '
-                "weights_only=False)['state_dict' or 'model']) and give that")
-    if remote:
-        return f'checkpoint {path!r} could not be loaded ({reason})'
-    return (f'checkpoint {path!r} is unreadable: not a PyTorch checkpoint, '
-            f'or damaged ({reason})')
+    cause = found.group(1).strip() if found else None
+    if cause and 'Unsupported global' in cause:
+        # torch's advice after the class name does not apply here
+        cause = cause.split(' was not an allowed global')[0]
+        what = ('it pickles Python objects besides tensors, which '
+                'torch.load(weights_only=True) refuses; if you trust the '
+                'file, convert it once with tools/model_converters/'
+                '<family>2mmvitmix.py --allow-pickle')
+    elif remote:
+        what = 'the download or the file failed'
+    else:
+        what = 'not a PyTorch checkpoint file, or a damaged one'
+    detail = (f'{type(exc).__name__}: {cause[:300]}' if cause else
+              _first_line(exc))
+    return f'cannot read checkpoint {path!r}: {what} ({detail})'
 
 
 def model_state_dict(ckpt, source: str = 'the checkpoint') -> dict:

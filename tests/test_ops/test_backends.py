@@ -419,3 +419,27 @@ def test_emsa_flex_runs_the_sdpa_path_with_one_warning(monkeypatch):
         warnings.simplefilter('error')
         assert choose('emsa', 'sdpa', q, k, v, 'mixed').NAME == 'sdpa'
         assert choose('emsa', 'flex', q, k, v, 'mixed').NAME == 'sdpa'
+
+
+def test_rotary_gradient_in_the_projection_layout():
+    """RMT's q and k are (B, heads, H, W, D) views of (B, H, W, C)
+    projections. The complex rotary's gradient comes back in that layout
+    and equals the real formula's (float64), so the view's backward needs
+    no copy."""
+    gen = torch.Generator().manual_seed(0)
+    proj = torch.randn(2, 4, 5, 3, 8, generator=gen, dtype=torch.float64,
+                       requires_grad=True)
+    x = proj.permute(0, 3, 1, 2, 4)
+    angle = torch.randn(4, 5, 4, generator=gen,
+                        dtype=torch.float64).repeat_interleave(2, -1)
+    sin, cos = angle.sin(), angle.cos()
+    rotation = rotary.rotary_pairs(sin, cos)
+    out = rotary._shift_complex(x, rotation, inplace=False)
+    assert type(out.grad_fn).__name__ == '_ComplexShiftBackward'
+    grad = torch.randn(out.shape, generator=gen, dtype=torch.float64)
+    got = torch.autograd.grad(out, x, grad)[0]
+    want_out = rotary.theta_shift(x, sin, cos)
+    want = torch.autograd.grad(want_out, x, grad)[0]
+    assert_close(out, want_out, rtol=1e-12, atol=1e-12)
+    assert_close(got, want, rtol=1e-12, atol=1e-12)
+    assert got.stride() == x.stride()

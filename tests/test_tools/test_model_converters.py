@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from mmvitmix.apis import ToolError
 from mmvitmix.models import converters
 
 REPO = Path(__file__).resolve().parents[2]
@@ -106,7 +107,7 @@ def test_converter_errors(tmp_path, capsys):
 
     main = converters.main
     out = tmp_path / 'out.pth'
-    with pytest.raises(FileNotFoundError, match='does not exist'):
+    with pytest.raises(ToolError, match='does not exist'):
         main(convert_rmt, 'x', [str(tmp_path / 'missing.pth'), str(out)])
 
     # a file that pickles a Python object besides tensors needs --allow-pickle
@@ -114,7 +115,7 @@ def test_converter_errors(tmp_path, capsys):
     src = tmp_path / 'with_args.pth'
     torch.save({'model': data['checkpoint']['model'],
                 'args': argparse.Namespace(lr=0.1)}, src)
-    with pytest.raises(SystemExit, match='--allow-pickle'):
+    with pytest.raises(ToolError, match='--allow-pickle'):
         main(convert_rmt, 'x', [str(src), str(out)])
     assert not out.exists()
     main(convert_rmt, 'x', [str(src), str(out), '--allow-pickle'])
@@ -258,3 +259,184 @@ def test_converter_writes_atomically(tmp_path, monkeypatch):
     assert summary['converted'] > 0
     assert 'state_dict' in torch.load(dst, map_location='cpu')
     assert sorted(p.name for p in dst.parent.iterdir()) == ['rmt_t.pth']
+
+
+# ------------------------------------------- the family of what is converted
+#: converter function -> (the family it takes, the script)
+FAMILY_OF = {
+    'convert_rmt': ('RMT', 'rmt2mmvitmix.py'),
+    'convert_rest': ('ResT', 'rest2mmvitmix.py'),
+    'convert_container': ('ContainerLight', 'container2mmvitmix.py'),
+    'convert_riformer': ('RIFormer', 'riformer2mmvitmix.py'),
+}
+#: golden file of each family's official layout
+GOLDEN_OF = {
+    'RMT': 'rmt_tiny_axial.pt',
+    'ResT': 'rest_tiny.pt',
+    'ContainerLight': 'container_tiny.pt',
+    'RIFormer': 'riformer_tiny.pt',
+}
+
+
+def _converter(name):
+    from mmvitmix.models import backbones
+    return getattr(backbones, name)
+
+
+def _family_files(root):
+    """Each family's golden checkpoint in the official layout and converted
+    (this project's layout), saved as files: {(family, layout): path}."""
+    files = {}
+    for family, golden in GOLDEN_OF.items():
+        data = _golden(golden)
+        official = root / f'{family}_official.pth'
+        torch.save(data['checkpoint'], official)
+        convert = next(_converter(f) for f, (fam, _) in FAMILY_OF.items()
+                       if fam == family)
+        ours = root / f'{family}_converted.pth'
+        torch.save({'state_dict': convert(data['checkpoint'])}, ours)
+        files[(family, 'official')] = official
+        files[(family, 'mmvitmix')] = ours
+    return files
+
+
+@pytest.mark.parametrize('fn', sorted(FAMILY_OF))
+def test_convert_file_refuses_another_family(tmp_path, fn):
+    """Every other family's file, official and already converted: refused
+    naming what it is and the converter that takes it; nothing written.
+    The family's own files convert (and the summary says what they are)."""
+    from mmvitmix.models.converters.identify import FAMILIES
+    family, _ = FAMILY_OF[fn]
+    convert = _converter(fn)
+    for (other, layout), src in _family_files(tmp_path).items():
+        dst = tmp_path / f'out_{other}_{layout}.pth'
+        if other == family:
+            summary = converters.convert_file(str(src), str(dst), convert)
+            assert summary['source'].startswith(
+                f'{FAMILIES[family][3]} {FAMILIES[family][0]} checkpoint '
+                f'({layout} layout')
+            continue
+        with pytest.raises(ToolError) as info:
+            converters.convert_file(str(src), str(dst), convert)
+        message = str(info.value)
+        assert message.startswith(
+            f'{src} is {FAMILIES[other][3]} {FAMILIES[other][0]} checkpoint '
+            f'({layout} layout'), message
+        assert f'not {FAMILIES[family][0]}' in message
+        if layout == 'official':
+            assert FAMILIES[other][2] in message  # the converter to use
+        else:
+            assert 'no conversion needed' in message
+        assert not dst.exists()
+
+
+def test_load_source_refuses_unreadable_and_foreign_files(tmp_path):
+    """Random bytes (64 fixed seeds): whatever torch raises, the file is
+    named as unreadable; a file of no known family is refused by name."""
+    import random
+
+    from mmvitmix.models.backbones import convert_rmt
+    path = tmp_path / 'random.pth'
+    for seed in range(64):
+        path.write_bytes(random.Random(seed).randbytes(4096))
+        with pytest.raises(ToolError, match=f"cannot read source checkpoint "
+                           f"'{path}': not a PyTorch checkpoint"):
+            converters.load_source(str(path))
+    torch.save(torch.zeros(3), path)
+    with pytest.raises(ToolError, match='holds a Tensor, not a checkpoint'):
+        converters.load_source(str(path))
+    with pytest.raises(ToolError, match='is not a file'):
+        converters.load_source(str(tmp_path))
+    # a torchvision ResNet-18 state dict, as tools/test.py users hand it
+    torch.save({'state_dict': {'conv1.weight': torch.zeros(2, 3, 7, 7),
+                               'layer1.0.bn1.running_mean': torch.zeros(2),
+                               'fc.weight': torch.zeros(10, 2)}}, path)
+    dst = tmp_path / 'out.pth'
+    with pytest.raises(ToolError, match=r"is not an RMT checkpoint: none of "
+                       r"its 3 keys belongs to a backbone mmvitmix knows"):
+        converters.convert_file(str(path), str(dst), convert_rmt)
+    assert not dst.exists()
+
+
+#: run as ``python DRIVER SCRIPT CASES.json``: each case's argv through the
+#: script's ``__main__``, in one process; prints one JSON line of results
+DRIVER = """
+import contextlib, io, json, runpy, sys
+script, cases = sys.argv[1], json.load(open(sys.argv[2]))
+results = []
+for argv in cases:
+    err = io.StringIO()
+    sys.argv = [script] + argv
+    code = 0
+    with contextlib.redirect_stderr(err):
+        try:
+            runpy.run_path(script, run_name='__main__')
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 1
+    results.append(dict(argv=argv, code=code, stderr=err.getvalue()))
+print('RESULTS ' + json.dumps(results))
+"""
+
+
+@pytest.fixture(scope='module')
+def mistake_files(tmp_path_factory):
+    """The mistakes a user makes, as files, shared by the scripts' tests."""
+    import random
+    root = tmp_path_factory.mktemp('mistakes')
+    files = _family_files(root)
+    unreadable = root / 'random.pth'
+    unreadable.write_bytes(random.Random(0).randbytes(4096))
+    import torchvision
+    resnet = root / 'resnet18.pth'
+    torch.save({'state_dict': torchvision.models.resnet18().state_dict()},
+               resnet)
+    return root, files, unreadable, resnet
+
+
+@pytest.mark.parametrize('fn', sorted(FAMILY_OF))
+@pytest.mark.slow  # one subprocess per converter script
+def test_converter_script_mistakes(tmp_path, mistake_files, fn):
+    """The script as a user runs it, on each mistake (one process, several
+    cases): exit status != 0, one ``error:`` line naming the problem, no
+    traceback, nothing written."""
+    import json
+
+    from mmvitmix.models.converters.identify import FAMILIES
+    root, files, unreadable, resnet = mistake_files
+    family, script = FAMILY_OF[fn]
+    other = next(f for f in GOLDEN_OF if f != family)
+    other_v1 = 'RMT' if family != 'RMT' else 'ResT'
+    cases = [
+        (str(root / 'missing.pth'), "source checkpoint '{}' does not exist"
+         .format(root / 'missing.pth')),
+        (str(unreadable), f"cannot read source checkpoint '{unreadable}': "
+         'not a PyTorch checkpoint file, or a damaged one'),
+        (str(resnet), f'{resnet} is not {FAMILIES[family][3]} '
+         f'{FAMILIES[family][0]}'),
+        (str(files[(other, 'official')]),
+         f"{files[(other, 'official')]} is {FAMILIES[other][3]} "
+         f'{FAMILIES[other][0]} checkpoint (official layout)'),
+        (str(files[(other_v1, 'mmvitmix')]),
+         f"{files[(other_v1, 'mmvitmix')]} is {FAMILIES[other_v1][3]} "
+         f'{FAMILIES[other_v1][0]} checkpoint (mmvitmix layout)'),
+    ]
+    argvs = [[src, str(tmp_path / f'out{i}.pth')]
+             for i, (src, _) in enumerate(cases)]
+    (tmp_path / 'cases.json').write_text(json.dumps(argvs))
+    (tmp_path / 'driver.py').write_text(DRIVER)
+    proc = subprocess.run([
+        sys.executable, str(tmp_path / 'driver.py'),
+        str(CONVERTERS / script), str(tmp_path / 'cases.json')
+    ], env=_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    line = next(ln for ln in proc.stdout.splitlines()
+                if ln.startswith('RESULTS '))
+    results = json.loads(line[len('RESULTS '):])
+    for (src, expected), argv, result in zip(cases, argvs, results):
+        assert result['code'] != 0, result
+        errors = [ln for ln in result['stderr'].splitlines()
+                  if ln.startswith('error:')]
+        assert len(errors) == 1, result['stderr'][-2000:]
+        assert expected in errors[0], (expected, errors[0])
+        assert 'Traceback' not in result['stderr']
+        assert not Path(argv[1]).exists(), argv

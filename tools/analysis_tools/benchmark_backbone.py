@@ -55,7 +55,8 @@ import torch
 from mmvitmix.utils.bench import (device_name, load_official_models,
                                   measure_step, memory_cell, run_child,
                                   time_cell)
-from mmvitmix.apis.cli import run
+from mmvitmix.apis import cli
+from mmvitmix.apis.cli import ToolError, run
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -203,6 +204,44 @@ def ratio(times, base):
     return f'{statistics.median(times) / statistics.median(base):.2f}'
 
 
+def check_args(args):
+    """Refuse what cannot be measured before any process starts."""
+    cli.device('--device', args.device)
+    cli.count('--batch', args.batch)
+    cli.threads('--threads', args.threads)
+    cli.count('--warmup', args.warmup, 0)
+    cli.count('--repeats', args.repeats)
+    cli.count('--rounds', args.rounds)
+    if args.child is not None:
+        return
+    for config in args.configs:
+        cfg = cli.config_file('--configs', config)
+        if not isinstance(cfg.get('model'), dict) or \
+                not isinstance(cfg.model.get('backbone'), dict):
+            raise ToolError(f'--configs {config!r} has no model.backbone '
+                            'to benchmark')
+    if args.methods is None:
+        args.methods = (['official'] if args.official_dir else []) + [
+            b for b in BACKENDS if b != 'fused' or args.device == 'cuda'
+        ]
+    if 'fused' in args.methods and args.device == 'cpu':
+        raise ToolError("--methods fused: the fused kernels run on CUDA "
+                        "only; on the CPU choose from 'auto', 'sdpa', "
+                        "'flex', 'reference'")
+    if 'official' in args.methods:
+        if not args.official_dir:
+            raise ToolError('--methods official needs --official-dir (a '
+                            'folder holding the official RMT.py and rest.py)')
+        families = {MODELS[m][2] for m in args.models} - {None}
+        cli.existing_dir('--official-dir', args.official_dir,
+                         sorted(families))
+        cli.existing_dir('--official-loader', args.official_loader,
+                         ['official_models.py'])
+    if not (args.models or args.peers or args.configs):
+        raise ToolError('nothing to measure: give --models, --peers or '
+                        '--configs')
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--device', default='cuda'
@@ -242,22 +281,7 @@ def parse_args(argv=None):
                         help='skip counting forward MACs')
     parser.add_argument('--child', help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    for config in args.configs:
-        if not os.path.isfile(config):
-            parser.error(f'--configs: {config!r} is not a file')
-    if args.methods is None:
-        args.methods = (['official'] if args.official_dir else []) + [
-            b for b in BACKENDS if b != 'fused' or args.device == 'cuda'
-        ]
-    if 'official' in args.methods and not args.official_dir:
-        parser.error('--methods official needs --official-dir')
-    if 'fused' in args.methods and args.device == 'cpu':
-        parser.error("--methods fused: the fused kernels run on CUDA only; "
-                     "on the CPU choose from 'auto', 'sdpa', 'flex', "
-                     "'reference'")
-    if not (args.models or args.peers or args.configs):
-        parser.error('nothing to measure: give --models, --peers or '
-                     '--configs')
+    check_args(args)
     return args
 
 

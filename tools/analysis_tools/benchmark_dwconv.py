@@ -19,7 +19,8 @@ import torch
 import torch.nn.functional as F
 
 from mmvitmix.utils.bench import cpu_name, time_cell
-from mmvitmix.apis.cli import run
+from mmvitmix.apis import cli
+from mmvitmix.apis.cli import ToolError, run
 
 # (layer, channels, grid, kernel) at 512x512 input
 LAYERS = [
@@ -40,8 +41,18 @@ def main(argv=None):
     parser.add_argument('--warmup', type=int, default=2)
     parser.add_argument('--repeats', type=int, default=9)
     args = parser.parse_args(argv)
+    cli.threads('--threads', args.threads)
+    cli.count('--warmup', args.warmup, 0)
+    cli.count('--repeats', args.repeats)
     torch.set_num_threads(args.threads)
-    from mmvitmix.ops import dwconv
+    from mmvitmix.ops import dwconv, extension
+    if not extension.has_kernel('dwconv_weight_grad', 'cpu'):
+        why = (f'mmvitmix._ext did not load ({extension.ext_error()})'
+               if extension.ext_error() else 'mmvitmix._ext has no CPU '
+               'kernel of it')
+        raise ToolError('the compiled depthwise-conv weight gradient is not '
+                        f'available: {why}; build the extension with '
+                        '`python setup.py build_ext --inplace`')
     op = dwconv._weight_grad_op()
     print(f'# device: {cpu_name()}; torch {torch.__version__}; float32; '
           f'batch 1; threads {args.threads}; ms as median (min) of '

@@ -6,7 +6,8 @@ RMT-S retention layers and ResT-Small EMSA layers at the stage grids of a
 (``retention_attention`` with the q/k/v projections, the key scale and the
 rotary tables; ``emsa_attention`` with the head-mixing weights), once per
 backend (``--methods``: ``auto``, ``sdpa``, ``flex``, ``fused``,
-``reference``, set through ``MMVITMIX_ATTN_BACKEND``), forward only and
+``reference``, set through ``MMVITMIX_ATTN_BACKEND``; by default every one
+that runs on the device, ``fused`` on CUDA only), forward only and
 forward + backward. FlexAttention runs only where torch supports it (no
 CPU backward) and not for EMSA (no head mixing in a ``score_mod``). Each
 method runs in fresh subprocesses, the methods alternating for
@@ -33,7 +34,8 @@ import torch
 
 from mmvitmix.utils.bench import (device_name, measure_step, memory_cell,
                                   run_child, time_cell)
-from mmvitmix.apis.cli import run
+from mmvitmix.apis import cli
+from mmvitmix.apis.cli import ToolError, run
 
 # stage: (heads, head_dim, decomposed) of RMT-S
 RMT_S_STAGES = {'stage1': (4, 16, True), 'stage2': (4, 32, True),
@@ -142,6 +144,23 @@ def measure(method, case, args, what):
                         unit=1e3)
 
 
+def check_args(args):
+    """Refuse what cannot be measured before any process starts."""
+    cli.device('--device', args.device)
+    cli.count('--batch', args.batch)
+    cli.threads('--threads', args.threads)
+    cli.count('--warmup', args.warmup, 0)
+    cli.count('--repeats', args.repeats)
+    cli.count('--rounds', args.rounds)
+    if args.methods is None:
+        args.methods = [m for m in METHODS
+                        if m != 'fused' or args.device == 'cuda']
+    if 'fused' in args.methods and args.device == 'cpu':
+        raise ToolError("--methods fused: the fused kernels run on CUDA "
+                        "only; on the CPU choose from "
+                        f"{[m for m in METHODS if m != 'fused']}")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--device', default='cuda'
@@ -149,8 +168,10 @@ def main(argv=None):
                         choices=['cpu', 'cuda'])
     parser.add_argument('--ops', nargs='+', default=['retention', 'emsa'],
                         choices=['retention', 'emsa'])
-    parser.add_argument('--methods', nargs='+', default=list(METHODS),
-                        choices=list(METHODS))
+    parser.add_argument('--methods', nargs='+', default=None,
+                        choices=list(METHODS),
+                        help='default: every backend that runs on the '
+                        'device (fused: CUDA only)')
     parser.add_argument('--dtype', default='fp32', choices=list(DTYPES))
     parser.add_argument('--batch', type=int, default=1)
     parser.add_argument('--threads', type=int, default=torch.get_num_threads())
@@ -168,6 +189,7 @@ def main(argv=None):
                         help='also measure peak memory (one more run each)')
     parser.add_argument('--child', help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    check_args(args)
     torch.set_num_threads(args.threads)
     if args.child is not None:
         method, case, what = json.loads(args.child)

@@ -28,7 +28,8 @@ import sys
 import torch
 
 from mmvitmix.utils.bench import device_name, measure_step, run_child
-from mmvitmix.apis.cli import run
+from mmvitmix.apis import cli
+from mmvitmix.apis.cli import ToolError, run
 
 ALL_MODELS = [
     'RMT:t', 'RMT:s', 'RMT:b', 'RMT:l', 'ResT:lite', 'ResT:small',
@@ -57,6 +58,24 @@ def measure(args, model_name):
     return measure_step(step, args.device, args.warmup, args.repeats, 'time')
 
 
+def check_args(args):
+    """Refuse what cannot be measured before any process starts."""
+    cli.device('--device', args.device)
+    cli.count('--batch', args.batch)
+    cli.positive_shape('--size', args.size)
+    cli.threads('--threads', args.threads)
+    cli.count('--warmup', args.warmup, 0)
+    cli.count('--repeats', args.repeats)
+    if args.backend == 'fused' and args.device == 'cpu':
+        raise ToolError("--backend fused: the fused kernels run on CUDA "
+                        "only; on the CPU choose from 'auto', 'sdpa', "
+                        "'flex', 'reference'")
+    for name in args.models:
+        if name not in ALL_MODELS:
+            raise ToolError(f'--models: unknown model {name!r}; choose from '
+                            f'{ALL_MODELS}')
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(
         description=__doc__.split('\n')[0],
@@ -79,13 +98,11 @@ def main(argv=None):
     parser.add_argument('--repeats', type=int, default=10)
     parser.add_argument('--child', help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    check_args(args)
     torch.set_num_threads(args.threads)
     if args.child is not None:
         print(json.dumps(measure(args, json.loads(args.child))))
         return None
-    for name in args.models:
-        if name not in ALL_MODELS:
-            parser.error(f'unknown model {name!r}; choose from {ALL_MODELS}')
     header = (f'# device: {device_name(args.device)}; torch '
               f'{torch.__version__}; attention backend {args.backend}; batch '
               f'{args.batch}; {args.size}x{args.size}; amp {args.amp}; '

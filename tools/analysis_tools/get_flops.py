@@ -39,8 +39,7 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
-
-from mmvitmix.apis import check_config, check_output_file, check_shape
+from mmvitmix.apis import cli
 from mmvitmix.apis.cli import ToolError, run
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -65,6 +64,12 @@ PAPER = {
 VARIANTS = list(PAPER)
 
 DEFAULT_SHAPES = {'det': (800, 1280), 'seg': (512, 512), 'cls': (224, 224)}
+#: backbone type -> its archs (the variants of :data:`PAPER`)
+KINDS = {}
+for _kind, _arch in VARIANTS:
+    KINDS.setdefault(_kind, []).append(_arch)
+#: config default_scope -> task
+TASKS = {'mmdet': 'det', 'mmseg': 'seg', 'mmpretrain': 'cls'}
 
 
 # --------------------------------------------------------------------------
@@ -150,8 +155,7 @@ def _last_dims(backbone):
 
 
 def config_task(cfg):
-    scope = cfg.get('default_scope', 'mmdet')
-    return {'mmdet': 'det', 'mmseg': 'seg', 'mmpretrain': 'cls'}[scope]
+    return TASKS[cfg.get('default_scope', 'mmdet')]
 
 
 def build_from_config(path, shape=None, backend=None):
@@ -320,31 +324,57 @@ def table_rows(args):
     return lines
 
 
-#: backbone types the tool builds by name
-TYPES = sorted({kind for kind, _ in VARIANTS})
-
-
-def check_args(args) -> None:
-    """Everything the user gave, before a model or tensor exists."""
+def check_args(args, configs_given):
+    """Refuse what cannot be counted before anything is built."""
+    if args.backend == 'flex' and args.counter == 'torch':
+        raise ToolError("--backend flex: FlexAttention does not run under "
+                        "torch's FlopCounterMode; use --counter mmengine (it "
+                        "counts every backend as the reference)")
     if args.shape is not None:
-        check_shape(args.shape, lengths=(1, 2))
+        cli.positive_shape('--shape', args.shape)
     if args.out is not None:
-        check_output_file(args.out, '--out')
-    if args.table or not args.target:
+        if not args.table:
+            raise ToolError('--out writes the table of --table; add --table '
+                            'or drop --out')
+        cli.output_file('--out', args.out)
+    if args.table:
+        if args.target or args.arch or args.shape:
+            raise ToolError('--table counts every variant at 224x224 (and '
+                            'the configs of --configs at their own sizes); '
+                            'give no target, --arch or --shape with it')
+        if args.configs is None and not configs_given:
+            args.configs = [str(ROOT / 'configs' / '**' / '*.py')]
+        elif not args.configs:
+            args.configs = None
+        for pattern in args.configs or []:
+            if not glob.glob(pattern, recursive=True):
+                raise ToolError(f'--configs {pattern!r} matches no file')
         return
-    if args.target.endswith('.py'):
-        check_config(args.target)
+    if args.configs is not None:
+        raise ToolError('--configs is for --table; give one config as the '
+                        'target instead')
+    if not args.target:
+        raise ToolError('nothing to count: give a backbone type '
+                        f'({", ".join(KINDS)}), a config file (.py) or '
+                        '--table')
+    if args.target.endswith('.py') or os.sep in args.target or \
+            os.path.exists(args.target):
+        cfg = cli.config_file('config', args.target)
+        scope = cfg.get('default_scope', 'mmdet')
+        if scope not in TASKS:
+            raise ToolError(f'config {args.target!r}: default_scope '
+                            f'{scope!r} is not one of {list(TASKS)}')
+        if args.arch or args.no_head:
+            raise ToolError('--arch and --no-head go with a backbone type; '
+                            'a config builds its own model')
         return
-    if args.target not in TYPES:
-        raise ToolError(f'unknown target {args.target!r}: give a config file '
-                        f'(.py) or a backbone type, one of {TYPES}')
-    if args.arch is not None:
-        import mmvitmix.models  # noqa: F401
-        from mmvitmix.registry import MODELS
-        archs = sorted(MODELS.get(args.target).arch_settings)
-        if args.arch.lower() not in archs:
-            raise ToolError(f'--arch {args.arch!r} is not an arch of '
-                            f'{args.target}; accepted: {archs}')
+    if args.target not in KINDS:
+        raise ToolError(f'unknown target {args.target!r}: give a backbone '
+                        f'type ({", ".join(KINDS)}) or a config file (.py)')
+    if args.arch is None or args.arch.lower() not in KINDS[args.target]:
+        got = 'none' if args.arch is None else repr(args.arch)
+        raise ToolError(f'--arch {got} for {args.target}: accepted '
+                        f'{KINDS[args.target]}')
 
 
 def main(argv=None):
@@ -370,25 +400,14 @@ def main(argv=None):
                         'give none to skip)')
     parser.add_argument('--out', help='also write the table to this file')
     args = parser.parse_args(argv)
-    check_args(args)
+    check_args(args, '--configs' in (sys.argv if argv is None else argv))
     torch.manual_seed(0)
     _quiet_mmengine()
-    if args.backend == 'flex' and args.counter == 'torch':
-        parser.error('FlexAttention does not run under torch\'s '
-                     'FlopCounterMode; use --counter mmengine (it counts '
-                     'every backend as the reference)')
-
     if args.table:
-        if args.configs is None and '--configs' not in (argv or sys.argv):
-            args.configs = [str(ROOT / 'configs' / '**' / '*.py')]
-        elif not args.configs:
-            args.configs = None
         lines = table_rows(args)
         if args.out:
-            Path(args.out).write_text('\n'.join(lines) + '\n')
+            cli.write_file(args.out, '\n'.join(lines) + '\n')
         return lines
-    if not args.target:
-        parser.error('give a backbone type, a config file, or --table')
 
     unit = 'MACs (mmengine, one per multiply-add)' if \
         args.counter == 'mmengine' else 'FLOPs (torch, two per multiply-add)'
@@ -399,8 +418,6 @@ def main(argv=None):
     else:
         shape = tuple((args.shape or [224]) * 2)[:2]
         arch = args.arch
-        if arch is None:
-            parser.error('--arch is required with a backbone type')
         if args.no_head:
             import mmvitmix.models  # noqa: F401
             from mmvitmix.registry import MODELS

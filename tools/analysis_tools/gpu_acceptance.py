@@ -57,7 +57,8 @@ from mmvitmix.testing import emsa_error, emsa_inputs, retention_error, \
     rmt_inputs
 from mmvitmix.utils.bench import device_name, load_official_models, \
     measure_step
-from mmvitmix.apis.cli import run
+from mmvitmix.apis import cli
+from mmvitmix.apis.cli import ToolError, run
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -65,6 +66,8 @@ ROOT = Path(__file__).resolve().parents[2]
 LIMITS = {'fp32': 1e-3, 'bf16': 2e-2, 'fp16': 5e-3}
 DTYPES = {'fp32': torch.float32, 'bf16': torch.bfloat16,
           'fp16': torch.float16}
+#: the backends checked and timed (``auto`` is always timed as well)
+BACKENDS = ('sdpa', 'flex', 'fused', 'reference')
 
 
 def log(*args):
@@ -328,6 +331,26 @@ def markdown(report):
     return '\n'.join(lines) + '\n'
 
 
+def check_args(args):
+    """Refuse what cannot run before anything is installed or built."""
+    cli.device('--device', args.device)
+    cli.count('--warmup', args.warmup, 0)
+    cli.count('--repeats', args.repeats)
+    if not args.budget_s > 0:
+        raise ToolError(f'--budget-s {args.budget_s}: give a number of '
+                        'seconds > 0')
+    out = cli.output_dir('--out-dir', args.out_dir)
+    for name in ('acceptance.json', 'acceptance.md'):
+        cli.output_file('--out-dir', out / name)
+    if args.wheels:
+        cli.existing_dir('--wheels', args.wheels)
+    if args.official_dir:
+        cli.existing_dir('--official-dir', args.official_dir, ['RMT.py'])
+        if not args.quick:
+            cli.existing_dir('--official-loader', args.official_loader,
+                             ['official_models.py'])
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--device', default='cuda'
@@ -343,18 +366,17 @@ def main(argv=None):
                         help='folder with the official RMT.py')
     parser.add_argument('--official-loader',
                         default=str(ROOT.parent / 'shared' / 'bench'))
-    parser.add_argument('--backends', nargs='+',
-                        default=['sdpa', 'flex', 'fused', 'reference'])
+    parser.add_argument('--backends', nargs='+', default=list(BACKENDS),
+                        choices=list(BACKENDS))
     parser.add_argument('--time-dtype', default='fp32', choices=list(DTYPES))
     parser.add_argument('--warmup', type=int, default=3)
     parser.add_argument('--repeats', type=int, default=10)
     parser.add_argument('--budget-s', type=float, default=420.,
                         help='stop timing after this many seconds')
     args = parser.parse_args(argv)
+    check_args(args)
     start = time.perf_counter()
     args.deadline = start + args.budget_s
-    if args.device == 'cuda' and not torch.cuda.is_available():
-        sys.exit('--device cuda: torch sees no CUDA device')
     if args.device == 'cpu':  # the fused kernels run on CUDA GPUs only
         args.backends = [b for b in args.backends if b != 'fused']
     if args.quick:
@@ -407,10 +429,9 @@ def main(argv=None):
         backbone=backbone_rows, problems=problems,
         passed=not problems, elapsed_s=time.perf_counter() - start)
     out = Path(args.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / 'acceptance.json').write_text(json.dumps(report, indent=1))
     text = markdown(report)
-    (out / 'acceptance.md').write_text(text)
+    cli.write_file(out / 'acceptance.json', json.dumps(report, indent=1))
+    cli.write_file(out / 'acceptance.md', text)
     print(text)
     return 0 if report['passed'] else 1
 

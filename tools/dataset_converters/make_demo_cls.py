@@ -22,13 +22,14 @@ Usage::
 """
 import argparse
 import json
-import sys
+import math
 from pathlib import Path
 from typing import Dict, List
 
 import cv2
 import numpy as np
-from mmvitmix.apis.cli import run
+from mmvitmix.apis import cli
+from mmvitmix.apis.cli import ToolError, run
 
 SPLITS = ('train', 'val')
 MIN_SIDE = 8
@@ -50,11 +51,38 @@ def square_crop(image: np.ndarray, bbox: List[float],
     return image[y0 + pad:y0 + pad + side, x0 + pad:x0 + pad + side]
 
 
+def read_split(src: Path, split: str) -> dict:
+    """The COCO annotations of ``split``, checked: they parse, every
+    annotation names a known image and class, every image file exists."""
+    ann_file = cli.existing_file('--src', src / 'annotations' /
+                                 f'instances_{split}.json')
+    try:
+        coco = json.loads(ann_file.read_text())
+        images = {img['id']: img['file_name'] for img in coco['images']}
+        classes = {c['id'] for c in coco['categories']}
+        refs = [(a['image_id'], a['category_id'], a['bbox'])
+                for a in coco['annotations']]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ToolError(f'--src: {str(ann_file)!r} is not a COCO instances '
+                        f'file ({type(exc).__name__}: {exc}); expected the '
+                        'layout of make_demo_data.py') from exc
+    for image_id, category_id, _ in refs:
+        if image_id not in images or category_id not in classes:
+            raise ToolError(f'--src: {str(ann_file)!r} has an annotation of '
+                            f'image {image_id!r} / category '
+                            f'{category_id!r}, which it does not list')
+    for name in images.values():
+        if not (src / split / name).is_file():
+            raise ToolError(f'--src: image {str(src / split / name)!r} of '
+                            f'{str(ann_file)!r} does not exist')
+    return coco
+
+
 def convert_split(src: Path, out: Path, split: str,
-                  context: float) -> Dict[str, int]:
+                  context: float, coco: dict = None) -> Dict[str, int]:
     """Write the crops of one split; return the count per class."""
-    ann_file = src / 'annotations' / f'instances_{split}.json'
-    coco = json.loads(ann_file.read_text())
+    if coco is None:
+        coco = read_split(src, split)
     classes = {c['id']: c['name'] for c in coco['categories']}
     images = {img['id']: img for img in coco['images']}
     counts = {name: 0 for name in classes.values()}
@@ -99,14 +127,22 @@ def parse_args(argv=None):
         type=float,
         default=1.25,
         help='crop side as a multiple of the longer box side')
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if not (math.isfinite(args.context) and args.context > 0):
+        raise ToolError(f'--context {args.context}: give a number > 0 (the '
+                        'crop side as a multiple of the longer box side)')
+    cli.existing_dir('--src', args.src, [
+        f'annotations/instances_{split}.json' for split in SPLITS])
+    cli.output_dir('--out', args.out)
+    return args
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
     src, out = Path(args.src), Path(args.out)
+    cocos = {split: read_split(src, split) for split in SPLITS}
     for split in SPLITS:
-        counts = convert_split(src, out, split, args.context)
+        counts = convert_split(src, out, split, args.context, cocos[split])
         print(f'{split}: ' + ', '.join(f'{k} {v}' for k, v in counts.items()))
     return 0
 

@@ -38,13 +38,13 @@ Usage::
 """
 import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Dict, List, Tuple
 
 import cv2
 import numpy as np
-from mmvitmix.apis.cli import run
+from mmvitmix.apis import cli
+from mmvitmix.apis.cli import ToolError, run
 
 COCO_CLASSES = ('circle', 'square', 'triangle')
 ADE_CLASSES = ('background', ) + COCO_CLASSES
@@ -324,13 +324,13 @@ def generate(out, sets: str = 'all', num_train=None, num_val=None,
     """Generate the demo data; ``num_train/num_val`` override the defaults
     of every set written. Returns a summary dict."""
     if sets not in SETS:
-        raise ValueError(f'sets must be one of {SETS}, got {sets!r}')
+        raise ToolError(f'sets must be one of {SETS}, got {sets!r}')
     for name, value in (('num_train', num_train), ('num_val', num_val)):
-        if value is not None and (not isinstance(value, int) or value < 1):
-            raise ValueError(f'{name} must be a positive int, got {value!r}')
-    if not isinstance(size, int) or size < 32:
-        raise ValueError(f'size must be an int >= 32, got {size!r}')
-    out = Path(out)
+        if value is not None:
+            cli.count(name, value)
+    cli.positive_shape('size', size)
+    cli.count('seed', seed, 0)
+    out = cli.output_dir('out', out)
     summary = {}
     chosen = ('coco', 'ade') if sets == 'all' else (sets, )
     for data_set in chosen:
@@ -367,7 +367,14 @@ def parse_args(argv=None):
     parser.add_argument(
         '--size', type=int, default=128, help='image side in pixels')
     parser.add_argument('--seed', type=int, default=0, help='base seed')
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    for name in ('num_train', 'num_val'):
+        if getattr(args, name) is not None:
+            cli.count('--' + name.replace('_', '-'), getattr(args, name))
+    cli.positive_shape('--size', args.size)
+    cli.count('--seed', args.seed, 0, what='numpy takes non-negative seeds')
+    cli.output_dir('--out', args.out)
+    return args
 
 
 def main(argv=None) -> int:

@@ -40,7 +40,8 @@ import torch
 
 from mmvitmix.models.backbones.rest import convert_rest
 from mmvitmix.models.backbones.restv2 import convert_restv2, is_restv2_state
-from mmvitmix.models.converters import load_source, main, unwrap_state_dict
+from mmvitmix.models.converters import (check_source_family, load_source,
+                                        main, unwrap_state_dict)
 from mmvitmix.models.utils.whole_model import (check_against_model,
                                                convert_whole_model,
                                                whole_model_layout)
@@ -129,8 +130,12 @@ def cli(argv=None):
                         help='ImageNet files: keep the head, write '
                         "mmpretrain's ImageClassifier layout")
     args = parser.parse_args(argv)
+    check_output_path(args.dst, [args.src])
     state = unwrap_state_dict(load_source(args.src, args.allow_pickle))
-    version = 2 if is_restv2_state(state) else 1
+    # another family's file (official or converted) is refused by name
+    found = check_source_family(args.src, state, ('ResT', 'ResTV2'))
+    version = 2 if (found.family == 'ResTV2' if found is not None else
+                    is_restv2_state(state)) else 1
     convert_fn = convert_restv2 if version == 2 else convert_rest
     print(f'ResT v{version} checkpoint ({args.src})')
     if args.whole_model or whole_model_layout(state) is not None:

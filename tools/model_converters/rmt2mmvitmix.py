@@ -29,7 +29,8 @@ import torch
 from mmvitmix.models.backbones.rmt import (convert_rmt,
                                            convert_rmt_whole_model,
                                            is_whole_model)
-from mmvitmix.models.converters import load_source, main, unwrap_state_dict
+from mmvitmix.models.converters import (check_source_family, load_source,
+                                        main, unwrap_state_dict)
 from mmvitmix.utils import check_output_path, save_checkpoint_atomic
 from mmvitmix.apis.cli import run
 
@@ -63,9 +64,8 @@ def check_against(model, converted: dict, config: str) -> None:
                          f'{config}: ' + '; '.join(problems))
 
 
-def convert_whole(args) -> dict:
+def convert_whole(args, state: dict) -> dict:
     check_output_path(args.dst, [args.src])
-    state = unwrap_state_dict(load_source(args.src, args.allow_pickle))
     model = build_model(args.config) if args.config else None
     out_indices = model.backbone.out_indices if model is not None else None
     converted = convert_rmt_whole_model(state, out_indices)
@@ -104,11 +104,14 @@ def cli(argv=None):
     parser.add_argument('--config', help='whole models: the mmvitmix '
                         'config the result must load into')
     args = parser.parse_args(argv)
+    check_output_path(args.dst, [args.src])
+    state = unwrap_state_dict(load_source(args.src, args.allow_pickle))
+    # another family's file (official or converted) is refused by name
+    check_source_family(args.src, state, ('RMT', ))
     if not args.whole_model:
-        state = unwrap_state_dict(load_source(args.src, args.allow_pickle))
         args.whole_model = is_whole_model(state)
     if args.whole_model:
-        return convert_whole(args)
+        return convert_whole(args, state)
     if args.config:
         parser.error('--config applies to whole detector / segmentor files')
     rest = [args.src, args.dst] + (['--allow-pickle']

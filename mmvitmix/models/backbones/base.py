@@ -33,10 +33,13 @@ from mmengine.logging import print_log
 from mmengine.model import BaseModule
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from mmvitmix.utils import CheckpointError, read_checkpoint
+from mmvitmix.utils import (CheckpointError, CheckpointNotFoundError,
+                            read_checkpoint)
 from mmvitmix.utils.checkpoint import DEFAULT_MIN_COVERAGE
 from mmvitmix.utils.checkpoint import check_coverage as _check_coverage
 from ..converters import unwrap_state_dict
+from ..converters.identify import (backbone_family, check_checkpoint_family,
+                                   check_checkpoint_fits)
 
 
 def normalize_out_indices(out_indices: Union[int, Sequence[int]],
@@ -188,6 +191,20 @@ def run_blocks(blocks: Iterable[nn.Module],
 # that official ImageNet files lack not counted) that a Pretrained checkpoint
 # must provide unless ``init_cfg`` lowers ``min_coverage``; the tools'
 # ``--min-coverage`` has the same default.
+
+
+def read_pretrained(owner: str, checkpoint: str, map_location: str):
+    """:func:`mmvitmix.utils.read_checkpoint` (the tools' reader) with
+    ``owner`` in front of its message: a missing file as missing
+    (``FileNotFoundError``), anything torch raises while reading (random
+    bytes give ``UnpicklingError``, ``IndexError``, ``KeyError``, ...) as
+    an unreadable checkpoint."""
+    try:
+        return read_checkpoint(checkpoint, map_location=map_location)
+    except CheckpointNotFoundError as exc:
+        raise CheckpointNotFoundError(f'{owner}: {exc}') from exc
+    except CheckpointError as exc:
+        raise CheckpointError(f'{owner}: {exc}') from exc
 
 
 class VitMixBackbone(BaseModule):
@@ -465,7 +482,7 @@ class VitMixBackbone(BaseModule):
             print_log(f'{type(self).__name__}: loading {checkpoint}',
                       logger='current')
             # unreadable files named as such; mmengine's files allowed
-            ckpt = read_checkpoint(checkpoint, map_location=map_location)
+            ckpt = read_pretrained(name, checkpoint, map_location)
         else:
             source = source or 'the checkpoint dict passed in'
             ckpt = checkpoint
@@ -480,6 +497,12 @@ class VitMixBackbone(BaseModule):
             if not state:
                 raise ValueError(f'no key of the checkpoint starts with '
                                  f'prefix {prefix!r}')
+        # another family's file is refused by name, before any conversion
+        family, found = backbone_family(type(self)), None
+        if family is not None:
+            found = check_checkpoint_family(
+                name, (family, ), state, source,
+                lambda found: '; give it to a backbone of that type')
         try:
             state = self.converter(state)
         except (KeyError, ValueError, TypeError) as exc:
@@ -489,6 +512,8 @@ class VitMixBackbone(BaseModule):
             raise CheckpointError(
                 f'{name}: cannot load {source}: {text}') from exc
         state = self.adapt_converted_state(state)
+        # another variant of the family: name the arch that fits the file
+        check_checkpoint_fits(name, self.state_dict(), state, source, found)
         coverage = self.check_coverage(state, source, min_coverage, opt_in)
         mismatched = [k for k, _, _ in coverage.mismatched]
         if coverage.mismatched:

@@ -227,7 +227,7 @@ class MixedAffinityBlock(nn.Module):
         attn = container_attention(tokens[0], tokens[1], tokens[2])
         # (B, heads, HW, d) -> (B, C, H, W), channel = head * d + i
         attn = attn.transpose(1, 2).reshape(bsz, height * width, channels)
-        attn = attn.transpose(1, 2).reshape(bsz, channels, height, width)
+        attn = attn.reshape(bsz, height, width, channels).permute(0, 3, 1, 2)
         weight = torch.sigmoid(self.mix_weight)
         y = self.proj_out(weight * attn + (1 - weight) * conv)
         x = x + self.drop_path(y)

@@ -143,7 +143,7 @@ class EMSA(nn.Module):
         q = self.q(x).reshape(bsz, num_tokens, heads,
                               head_dims).transpose(1, 2)
         if self.sr_ratio > 1:
-            x_ = x.transpose(1, 2).reshape(bsz, channels, *hw_shape)
+            x_ = x.reshape(bsz, *hw_shape, channels).permute(0, 3, 1, 2)
             x_ = self.sr(x_).flatten(2).transpose(1, 2)
             x_ = self.sr_norm(x_)
         else:
@@ -238,7 +238,7 @@ class ResTStage(nn.Module):
         x = x.permute(0, 2, 3, 1).reshape(bsz, height * width, channels)
         x = run_blocks(self.blocks, x, hw_shape, with_cp=self.with_cp)
         # NCHW shape over channels-last memory (a view)
-        return x.transpose(1, 2).reshape(bsz, channels, height, width)
+        return x.reshape(bsz, height, width, channels).permute(0, 3, 1, 2)
 
 
 # --------------------------------------------------------------------------

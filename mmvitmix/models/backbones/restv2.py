@@ -183,7 +183,7 @@ class ResTV2Attention(nn.Module):
         q = self.q(x).reshape(bsz, num_tokens, heads,
                               head_dims).transpose(1, 2)
         if self.sr_ratio > 1:
-            x_ = x.transpose(1, 2).reshape(bsz, channels, height, width)
+            x_ = x.reshape(bsz, height, width, channels).permute(0, 3, 1, 2)
             x_ = self.sr(x_)
             red_h, red_w = x_.shape[-2:]
             x_ = self.sr_norm(x_.flatten(2).transpose(1, 2))
@@ -198,7 +198,10 @@ class ResTV2Attention(nn.Module):
         out = out.transpose(1, 2).reshape(bsz, num_tokens, channels)
         # the values (channel = head * head_dims + d, as officially) on
         # their reduced grid, upsampled back to the queries' grid
-        identity = v.transpose(-1, -2).reshape(bsz, channels, red_h, red_w)
+        # (dense channels-last memory: a strided view would make the conv
+        # copy it to NCHW)
+        identity = v.transpose(1, 2).reshape(
+            bsz, red_h, red_w, channels).contiguous().permute(0, 3, 1, 2)
         identity = pixel_shuffle(self.up_conv(identity), self.sr_ratio)
         # the top-left height x width (a no-op view on multiples of sr;
         # unconditional, so that an exported graph crops at every size)
@@ -274,7 +277,7 @@ class ResTV2Stage(nn.Module):
         x = run_blocks(
             self.blocks, x, (height, width), with_cp=self.with_cp)
         # NCHW shape over channels-last memory (a view)
-        return x.transpose(1, 2).reshape(bsz, channels, height, width)
+        return x.reshape(bsz, height, width, channels).permute(0, 3, 1, 2)
 
 
 # --------------------------------------------------------------------------

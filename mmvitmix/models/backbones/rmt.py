@@ -31,6 +31,8 @@ from mmengine.model.weight_init import trunc_normal_
 from torch import Tensor
 
 from mmvitmix.ops.backends import check_backend
+from mmvitmix.ops.conv_ffn import conv_ffn_tail, fused_tail_usable
+from mmvitmix.ops.norm_linear import norm_linears
 from mmvitmix.ops.dwconv import depthwise_conv2d
 from mmvitmix.ops.decay import RetentionDecay
 from mmvitmix.ops.retention import retention_attention
@@ -52,8 +54,14 @@ def add_into(fresh: Tensor, other: Tensor) -> Tensor:
     ``fresh`` must be a branch's new output that no backward needs (a conv
     or linear output): the sum then takes no large temporary. Under
     autocast the dtypes may differ; then the out-of-place sum keeps the
-    promoted dtype.
+    promoted dtype. Under autograd a ``fresh`` that is a view (a linear's
+    4-D output, an unflattened conv output) is not written into: autograd
+    would record the write as ``CopySlices`` and make four copies of the
+    gradient in backward, where an out-of-place sum makes none.
     """
+    if (fresh._base is not None and torch.is_grad_enabled()
+            and (fresh.requires_grad or other.requires_grad)):
+        return fresh + other
     if fresh.dtype == torch.promote_types(fresh.dtype, other.dtype):
         return fresh.add_(other)
     return fresh + other
@@ -139,15 +147,25 @@ class RetentionAttention(nn.Module):
         self.lepe = DWConv2d(embed_dims, 5)
         self.out_proj = nn.Linear(embed_dims, embed_dims)
 
-    def forward(self, x: Tensor, sin: Tensor, cos: Tensor,
-                log_decay: RetentionDecay) -> Tensor:
+    def forward(self,
+                x: Tensor,
+                sin: Tensor,
+                cos: Tensor,
+                log_decay: RetentionDecay,
+                norm: Optional[nn.Module] = None) -> Tensor:
+        """``x`` is the block's input when ``norm`` (the block's pre-norm)
+        is given: in training the normalised tensor is then recomputed in
+        backward instead of kept (:func:`~mmvitmix.ops.norm_linear.
+        norm_linears`)."""
         bsz, height, width, _ = x.shape
         # three linears, not one on concatenated weights: q, k and v then
         # each own dense memory, which the rotary, the LePE conv and the
         # attention read fastest (docs/benchmarks.md)
-        q = self.q_proj(x)
-        k = self.k_proj(x)
-        v = self.v_proj(x)
+        projections = (self.q_proj, self.k_proj, self.v_proj)
+        if norm is not None:
+            q, k, v = norm_linears(x, norm, projections)
+        else:
+            q, k, v = (proj(x) for proj in projections)
         lepe = self.lepe(v)
         # (B, H, W, C) -> (B, heads, H, W, D), views; explicit sizes, not
         # -1, so that a batch of 0 images reshapes too
@@ -178,8 +196,16 @@ class ConvFFN(nn.Module):
         self.dwconv = DWConv2d(hidden_dims, 3)
         self.fc2 = nn.Linear(hidden_dims, embed_dims)
 
-    def forward(self, x: Tensor) -> Tensor:
-        x = self.fc1(x)
+    def forward(self, x: Tensor, norm: Optional[nn.Module] = None) -> Tensor:
+        """``x`` is the block's input when ``norm`` (the block's pre-norm)
+        is given (see :class:`RetentionAttention`)."""
+        x = norm_linears(x, norm, (self.fc1, ))[0] if norm else self.fc1(x)
+        conv = self.dwconv.conv
+        params = (conv.weight, conv.bias, self.fc2.weight, self.fc2.bias)
+        if fused_tail_usable(x, *params):
+            # training: only fc1's output kept for backward (GELU and the
+            # conv recomputed there), not three hidden-size tensors
+            return conv_ffn_tail(x, *params)
         if torch.is_grad_enabled() and x.requires_grad:
             x = F.gelu(x)
         else:  # nothing records fc1's output: no second hidden-size tensor
@@ -217,11 +243,13 @@ class RetBlock(nn.Module):
                 log_decay: RetentionDecay) -> Tensor:
         # residual sums go into the branch's fresh output (see add_into)
         x = self.cpe(x, plus_input=True)  # x + cpe(x)
-        y = self.attn(self.norm1(x), sin, cos, log_decay)
+        # the pre-norms are handed over, not applied here: in training the
+        # normalised tensors are recomputed in backward, not kept
+        y = self.attn(x, sin, cos, log_decay, norm=self.norm1)
         if self.layerscale:
             y = self.gamma1 * y
         x = add_into(self.drop_path(y), x)
-        y = self.ffn(self.norm2(x))
+        y = self.ffn(x, norm=self.norm2)
         if self.layerscale:
             y = self.gamma2 * y
         return add_into(self.drop_path(y), x)

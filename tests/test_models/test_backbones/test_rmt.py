@@ -250,3 +250,20 @@ def test_bad_arch_errors():
         RMT(arch={**TINY, 'window_size': 7})
     with pytest.raises(ValueError, match='4 entries'):
         RMT(arch={**TINY, 'depths': [1, 1, 1]})
+
+
+def test_training_graph_has_no_copyslices():
+    """Residual and LePE sums are not written into views under autograd:
+    a ``CopySlices`` node copies the gradient four times in backward."""
+    model = RMT(arch=tiny_arch('RMT')).train()
+    outs = model(torch.randn(1, 3, 64, 64))
+    names, stack, seen = set(), [o.grad_fn for o in outs], set()
+    while stack:
+        fn = stack.pop()
+        if fn is None or fn in seen:
+            continue
+        seen.add(fn)
+        names.add(type(fn).__name__)
+        stack.extend(f for f, _ in fn.next_functions)
+    assert 'CopySlices' not in names
+    assert 'ScaledDotProductFlashAttentionForCpuBackward0' in names
