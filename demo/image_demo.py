@@ -18,6 +18,11 @@ Without a checkpoint the model runs with random weights (a smoke test; the
 tool says so). It prints what it found (detections above ``--score-thr``
 with class and score, the classes covering the segmentation, the top-5
 classes) and writes the drawing to ``--out-file``.
+
+A checkpoint is checked against the model before the Inferencer loads it:
+it must provide at least ``--min-coverage`` (default 0.9) of the model's
+parameters with matching shapes (docs/reliability.md); another model's
+file, an unreadable one or a partial one is refused in one line.
 """
 import argparse
 import os
@@ -27,8 +32,14 @@ from typing import List, Optional
 import mmcv
 import numpy as np
 
-from mmvitmix.apis import load_config
-from mmvitmix.apis.cli import run
+from mmvitmix.apis import (add_min_coverage_argument, check_config,
+                           check_config_checkpoint, check_file,
+                           check_output_file, load_config)
+from mmvitmix.apis.cli import ToolError, run
+from mmvitmix.utils import check_min_coverage
+
+#: what --out-file may be: the drawing is written with mmcv.imwrite
+IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.bmp')
 
 
 def parse_args(argv=None):
@@ -49,6 +60,7 @@ def parse_args(argv=None):
         help='detections: smallest score printed and drawn (default: 0.3)')
     parser.add_argument(
         '--topk', type=int, default=5, help='classification: classes shown')
+    add_min_coverage_argument(parser)
     return parser.parse_args(argv)
 
 
@@ -127,13 +139,25 @@ def _classify(cfg, args) -> List[str]:
 
 def main(argv: Optional[List[str]] = None) -> List[str]:
     args = parse_args(argv)
-    if not osp.isfile(args.image):
-        raise FileNotFoundError(f'image {args.image!r} does not exist')
-    if args.checkpoint is not None and not osp.isfile(args.checkpoint):
-        raise FileNotFoundError(
-            f'checkpoint {args.checkpoint!r} does not exist')
+    check_file(args.image, 'image')
+    check_config(args.config)
+    check_output_file(args.out_file, '--out-file', IMAGE_SUFFIXES,
+                      inputs=[args.image])
+    check_min_coverage(args.min_coverage, '--min-coverage')
+    if not 0 <= args.score_thr <= 1:
+        raise ToolError(f'--score-thr must be a number in [0, 1], got '
+                        f'{args.score_thr}')
+    if args.topk < 1:
+        raise ToolError(f'--topk must be an int >= 1, got {args.topk}')
+    if mmcv.imread(args.image) is None:
+        raise ToolError(f'image {args.image!r} cannot be decoded; give a '
+                        'PNG, JPEG or another format OpenCV reads')
     # scope, its modules and mmvitmix.models registered, as tools/train.py
     cfg = load_config(args.config)
+    if args.checkpoint is not None:
+        # the one rule (docs/reliability.md): the Inferencers would only
+        # warn about keys they cannot use
+        check_config_checkpoint(cfg, args.checkpoint, args.min_coverage)
     # checkpoints written by mmengine's Runner pickle its message hub
     from mmvitmix.utils import allow_mmengine_checkpoints
     allow_mmengine_checkpoints()

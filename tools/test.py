@@ -8,17 +8,26 @@ Examples::
     python tools/test.py CONFIG CHECKPOINT --out results.pkl       # mmdet
     python tools/test.py CONFIG CHECKPOINT --out pred_dir          # mmseg
     python tools/test.py CONFIG CHECKPOINT --show-dir vis
+    python tools/test.py CONFIG PARTIAL.pth --min-coverage 0.5   # on purpose
     bash tools/dist_test.sh CONFIG CHECKPOINT 8
+
+The checkpoint is checked against the model before the test runs: it must
+provide at least ``--min-coverage`` (default 0.9) of the model's parameters
+with matching shapes (docs/reliability.md); a file of another model, an
+unreadable file or a partial one is refused in one line, exit status 1.
 """
 import argparse
-import os.path as osp
 
 from mmengine.config import DictAction
 
-from mmvitmix.apis import (LAUNCHERS, build_runner, check_annotation_files,
-                           load_config, prepare_cpu_distributed,
-                           set_local_rank, set_work_dir)
-from mmvitmix.apis.cli import run
+from mmvitmix.apis import (LAUNCHERS, add_min_coverage_argument,
+                           build_runner, check_annotation_files,
+                           check_config, check_config_checkpoint,
+                           check_output_dir, check_output_file, load_config,
+                           prepare_cpu_distributed, set_local_rank,
+                           set_work_dir)
+from mmvitmix.apis.cli import ToolError, run
+from mmvitmix.utils import check_min_coverage
 
 
 def parse_args(argv=None):
@@ -56,6 +65,7 @@ def parse_args(argv=None):
         choices=LAUNCHERS,
         default='none',
         help='job launcher (dist_test.sh uses pytorch)')
+    add_min_coverage_argument(parser)
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
     args = parser.parse_args(argv)
     set_local_rank(args.local_rank)
@@ -94,9 +104,6 @@ def add_output(cfg, runner, out: str) -> None:
     scope = cfg.default_scope
     if scope == 'mmseg':
         return  # set on the config before the runner is built
-    if not out.endswith(('.pkl', '.pickle')):
-        raise ValueError(f'--out must end with .pkl or .pickle for {scope} '
-                         f'configs, got {out!r}')
     if scope == 'mmdet':
         from mmdet.evaluation import DumpDetResults
         runner.test_evaluator.metrics.append(
@@ -106,19 +113,38 @@ def add_output(cfg, runner, out: str) -> None:
         runner.test_evaluator.metrics.append(DumpResults(out_file_path=out))
 
 
+def check_args(args):
+    """Everything the user gave, before anything is built."""
+    check_config(args.config)
+    check_min_coverage(args.min_coverage, '--min-coverage')
+    if args.wait_time < 0:
+        raise ToolError(f'--wait-time must be >= 0 seconds, got '
+                        f'{args.wait_time}')
+    if args.work_dir is not None:
+        check_output_dir(args.work_dir, '--work-dir')
+    if args.show_dir is not None:
+        check_output_dir(args.show_dir, '--show-dir')
+
+
+def check_out(cfg, out: str) -> None:
+    """--out: a .pkl file (mmdet, mmpretrain) or a folder (mmseg)."""
+    if cfg.default_scope == 'mmseg':
+        check_output_dir(out, '--out (a folder of predictions for mmseg)')
+    else:
+        check_output_file(out, f'--out (a pickle of the predictions for '
+                          f'{cfg.default_scope})', ('.pkl', '.pickle'))
+
+
 def main(argv=None):
     args = parse_args(argv)
+    check_args(args)
     cfg = load_config(args.config, args.cfg_options, args.launcher)
     set_work_dir(cfg, args.work_dir, args.config)
-    if not osp.isfile(args.checkpoint) and '://' not in args.checkpoint:
-        raise FileNotFoundError(
-            f'checkpoint {args.checkpoint!r} does not exist')
-    if '://' not in args.checkpoint:
-        from mmvitmix.utils import checkpoint_damage
-        damage = checkpoint_damage(args.checkpoint)
-        if damage is not None:
-            raise RuntimeError(f'checkpoint {args.checkpoint!r} is damaged '
-                               f'({damage})')
+    if args.out is not None:
+        check_out(cfg, args.out)
+    # the one rule (docs/reliability.md), before the Runner writes anything:
+    # mmengine alone would only warn about the keys it cannot use
+    check_config_checkpoint(cfg, args.checkpoint, args.min_coverage)
     cfg.load_from = args.checkpoint
     check_annotation_files(cfg, ['test_dataloader'])
     if args.show or args.show_dir:

@@ -9,17 +9,30 @@ selects the library. Examples::
     python tools/train.py CONFIG --resume                # latest readable
     python tools/train.py CONFIG --resume PATH.pth       # in work_dir
     python tools/train.py CONFIG --cfg-options train_cfg.max_iters=100
+    python tools/train.py CONFIG --cfg-options load_from=PATH.pth \
+        --min-coverage 0.5                               # partial, on purpose
+
+A checkpoint to start from (``load_from`` in the config or
+``--cfg-options``, or the one ``--resume`` picks) is checked against the
+model before training starts: it must provide at least ``--min-coverage``
+(default 0.9) of the model's parameters with matching shapes
+(docs/reliability.md). A backbone's ``init_cfg`` Pretrained file has its
+own ``min_coverage`` key.
 """
 import argparse
 import os.path as osp
 
 from mmengine.config import DictAction
 
-from mmvitmix.apis import (LAUNCHERS, build_runner, check_annotation_files,
-                           choose_resume_checkpoint, enable_cpu_amp,
-                           load_config, prepare_cpu_distributed,
-                           set_local_rank, set_work_dir)
+from mmvitmix.apis import (LAUNCHERS, add_min_coverage_argument,
+                           build_runner, check_annotation_files,
+                           check_config, check_config_checkpoint,
+                           check_output_dir, choose_resume_checkpoint,
+                           enable_cpu_amp, load_config,
+                           prepare_cpu_distributed, set_local_rank,
+                           set_work_dir)
 from mmvitmix.apis.cli import run
+from mmvitmix.utils import CheckpointError, check_min_coverage
 
 
 def parse_args(argv=None):
@@ -61,6 +74,7 @@ def parse_args(argv=None):
         default='none',
         help='job launcher (dist_train.sh uses pytorch, slurm_train.sh '
         'slurm)')
+    add_min_coverage_argument(parser)
     # torch.distributed.launch passes --local-rank; torchrun sets LOCAL_RANK
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
     args = parser.parse_args(argv)
@@ -104,10 +118,28 @@ def apply_train_args(cfg, args) -> None:
         cfg.load_from = choose_resume_checkpoint(cfg.work_dir, requested)
 
 
+def check_start_checkpoint(cfg, args) -> None:
+    """The checkpoint training starts from, against the config's model (on
+    the meta device, before the Runner writes anything)."""
+    path = cfg.get('load_from')
+    if not path:
+        return
+    origin = '--resume' if cfg.get('resume') else 'load_from'
+    try:
+        check_config_checkpoint(cfg, path, args.min_coverage)
+    except CheckpointError as exc:
+        raise CheckpointError(f'{origin}: {exc}') from exc
+
+
 def main(argv=None):
     args = parse_args(argv)
+    check_config(args.config)
+    check_min_coverage(args.min_coverage, '--min-coverage')
+    if args.work_dir is not None:
+        check_output_dir(args.work_dir, '--work-dir')
     cfg = load_config(args.config, args.cfg_options, args.launcher)
     apply_train_args(cfg, args)
+    check_start_checkpoint(cfg, args)
     loaders = ['train_dataloader']
     if cfg.get('val_cfg') is not None:
         loaders.append('val_dataloader')

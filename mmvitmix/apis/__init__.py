@@ -17,10 +17,18 @@ _LAUNCH = ('LAUNCHERS', 'SCOPE_REGISTRARS', 'build_runner',
            'prepare_cpu_distributed', 'resolve_scope', 'set_local_rank',
            'set_work_dir')
 
-__all__ = list(_LAUNCH) + ['ToolError', 'run']
+#: the checks of the tools that load a checkpoint (:mod:`.checks`: the one
+#: coverage rule, ``--min-coverage``), also imported on first use
+_CHECKS = ('add_min_coverage_argument', 'check_checkpoint_fits',
+           'check_config', 'check_config_checkpoint', 'check_file',
+           'check_output_dir', 'check_output_file', 'check_shape')
+
+__all__ = list(_LAUNCH) + list(_CHECKS) + ['ToolError', 'run']
 
 
 def __getattr__(name):
     if name in _LAUNCH:
         return getattr(importlib.import_module('.launch', __name__), name)
+    if name in _CHECKS:
+        return getattr(importlib.import_module('.checks', __name__), name)
     raise AttributeError(f'module {__name__!r} has no attribute {name!r}')

@@ -1,6 +1,8 @@
 """tools/deploy/export_onnx.py: every variant of every family at real sizes,
 a detector's backbone + neck and a whole segmentor per family, run in
 onnxruntime and judged against the model's own float32 noise."""
+import re
+
 import pytest
 import torch
 import torch.nn as nn
@@ -189,13 +191,17 @@ def test_limit_of(noise, tol, limit):
 
 @pytest.mark.parametrize('args, match', [
     (['RMT', 'out.txt'], 'must end in .onnx'),
-    (['configs/rmt/fpn_rmt_t_80k_ade20k.py', '--arch', 't', 'o.onnx'],
-     '--arch applies to backbone types'),
-    (['RMT', 'o.onnx', '--shape', '16', '16'], 'at least 32x32'),
+    ([str(REPO_ROOT / 'configs/rmt/fpn_rmt_t_80k_ade20k.py'), '--arch', 't',
+      'o.onnx'], '--arch applies to backbone types'),
+    (['RMT', 'o.onnx', '--shape', '16', '16'], 'at least 32'),
+    (['RMT', 'o.onnx', '--shape', '-8', '64'], '--shape -8 64'),
     (['RMT', 'o.onnx', '--shape', '48', '64', '--dynamic'], 'from 64 up'),
     (['RMT', 'o.onnx', '--tol', '-1'], '--tol must be a number >= 0'),
+    (['RMT', 'o.onnx', '--min-coverage', '2'], '--min-coverage must be'),
 ])
-def test_bad_arguments(args, match, capsys):
-    with pytest.raises(SystemExit):
-        export_onnx.parse_args(args)
-    assert match in capsys.readouterr().err
+def test_bad_arguments(args, match, tmp_path, monkeypatch):
+    from mmvitmix.apis import ToolError
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ToolError, match=re.escape(match)):
+        export_onnx.check_args(export_onnx.parse_args(args))
+    assert not list(tmp_path.iterdir())  # nothing written

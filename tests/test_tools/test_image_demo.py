@@ -105,9 +105,10 @@ def test_classification_random_weights(tmp_path):
 def test_bad_arguments(tmp_path):
     demo = _demo()
     image = _first(COCO_VAL)
-    with pytest.raises(FileNotFoundError, match='image'):
+    from mmvitmix.apis import ToolError
+    with pytest.raises(ToolError, match='image .* does not exist'):
         demo.main(['missing.png', 'x.py', '--out-file', 'o.png'])
-    with pytest.raises(FileNotFoundError, match='checkpoint'):
+    with pytest.raises(ToolError, match='checkpoint .* does not exist'):
         demo.main([
             str(image),
             str(REPO / 'configs' / 'demo' / 'maskrcnn_rmt_t_demo.py'),

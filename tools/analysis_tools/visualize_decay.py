@@ -19,7 +19,9 @@ Panels of the PNG written to ``--out``:
 ``--checkpoint`` the backbone has its random initialisation. A checkpoint
 may be an mmvitmix backbone, a whole detector / segmentor (``backbone.``
 keys, e.g. ``make demo``'s ``work_dirs/demo/iter_360.pth``) or an official
-RMT file; missing and unexpected keys are reported.
+RMT file; it must provide at least ``--min-coverage`` (default 0.9) of the
+backbone's parameters with matching shapes (docs/reliability.md), and
+missing and unexpected keys are reported.
 
 Example::
 
@@ -34,7 +36,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from mmvitmix.apis.cli import run
+
+from mmvitmix.apis import (add_min_coverage_argument, check_file,
+                           check_output_file)
+from mmvitmix.apis.cli import ToolError, run
+from mmvitmix.utils import DEFAULT_MIN_COVERAGE, check_min_coverage
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -56,10 +62,18 @@ def decay_maps(log_decay: float, height: int, width: int, qy: int, qx: int):
     return whole, w_pass, h_pass
 
 
-def build_backbone(arch: str, stage: int, checkpoint=None, backend=None):
+def build_backbone(arch: str,
+                   stage: int,
+                   checkpoint=None,
+                   backend=None,
+                   min_coverage: float = DEFAULT_MIN_COVERAGE):
     """mmvitmix RMT returning stage ``stage`` (eval mode), loaded from
-    ``checkpoint`` if given. Returns (model, message)."""
-    from mmvitmix.models.backbones.rmt import RMT, convert_rmt
+    ``checkpoint`` if given (the backbones' Pretrained rule: official or
+    converted layout, or a whole model's ``backbone.`` keys; at least
+    ``min_coverage`` of the parameters). Returns (model, message)."""
+    from mmvitmix.models.backbones.rmt import RMT
+    from mmvitmix.models.converters import unwrap_state_dict
+    from mmvitmix.utils import read_checkpoint
     # the stage itself, without a detector's output norm (the channel sum
     # of a LayerNorm output is constant: its ERF would vanish)
     kwargs = dict(arch=arch, out_indices=(stage, ), drop_path_rate=0.,
@@ -69,22 +83,23 @@ def build_backbone(arch: str, stage: int, checkpoint=None, backend=None):
     model = RMT(**kwargs)
     message = 'random init (no checkpoint)'
     if checkpoint:
-        ckpt = torch.load(checkpoint, map_location='cpu', weights_only=False)
-        state = ckpt.get('state_dict', ckpt.get('model', ckpt))
-        if any(k.startswith('backbone.') for k in state):
-            state = {
-                k[len('backbone.'):]: v
-                for k, v in state.items() if k.startswith('backbone.')
-            }
-        else:
-            state = convert_rmt(state)
-        result = model.load_state_dict(state, strict=False)
-        message = (f'{checkpoint}: {len(result.missing_keys)} missing, '
-                   f'{len(result.unexpected_keys)} unexpected keys')
-        if result.missing_keys:
-            message += f'; missing e.g. {result.missing_keys[:3]}'
-        if result.unexpected_keys:
-            message += f'; unexpected e.g. {result.unexpected_keys[:3]}'
+        ckpt = read_checkpoint(checkpoint)
+        state = unwrap_state_dict(ckpt) if isinstance(ckpt, dict) else ckpt
+        whole = isinstance(state, dict) and any(
+            k.startswith('backbone.') for k in state)
+        report = model.load_pretrained(
+            ckpt,
+            prefix='backbone.' if whole else None,
+            min_coverage=min_coverage,
+            source=checkpoint,
+            opt_in='pass --min-coverage {share}')
+        missing, unexpected = report['missing'], report['unexpected']
+        message = (f'{checkpoint}: {len(missing)} missing, '
+                   f'{len(unexpected)} unexpected keys')
+        if missing:
+            message += f'; missing e.g. {missing[:3]}'
+        if unexpected:
+            message += f'; unexpected e.g. {unexpected[:3]}'
     return model.eval(), message
 
 
@@ -120,16 +135,19 @@ def render(args):
     import matplotlib.pyplot as plt
 
     model, message = build_backbone(args.arch, args.stage, args.checkpoint,
-                                    args.backend)
+                                    args.backend, args.min_coverage)
     stage = model.stages[args.stage]
     log_decay = stage.rel_pos.log_decay.detach().double()
     heads = log_decay.numel()
     if not 0 <= args.head < heads:
-        raise SystemExit(f'stage {args.stage} has {heads} heads; --head must '
-                         f'be in 0..{heads - 1}')
+        raise ToolError(f'stage {args.stage} has {heads} heads; --head must '
+                        f'be in 0..{heads - 1}, got {args.head}')
     decomposed = bool(model.arch['chunkwise_recurrents'][args.stage])
     grid = args.grid or args.size // (4 * 2**args.stage)
     qy, qx = (args.query if args.query else (grid // 2, grid // 2))
+    if not (0 <= qy < grid and 0 <= qx < grid):
+        raise ToolError(f'--query {qy} {qx} is outside the {grid}x{grid} '
+                        f'token grid; each must be in 0..{grid - 1}')
     gamma = math.exp(float(log_decay[args.head]))
     whole, w_pass, h_pass = decay_maps(
         float(log_decay[args.head]), grid, grid, qy, qx)
@@ -148,7 +166,7 @@ def render(args):
     if args.erf:
         image_path = args.image or default_image()
         if image_path is None:
-            raise SystemExit('--erf needs --image (no demo image found)')
+            raise ToolError('--erf needs --image (no demo image found)')
         rgb, tensor = load_image(image_path, args.size)
         erf = effective_receptive_field(model, tensor)
         axes[2].imshow(rgb)
@@ -195,7 +213,41 @@ def main(argv=None):
                         '(needs backward: not flex on CPU)')
     parser.add_argument('--dpi', type=int, default=100)
     parser.add_argument('--out', default='decay.png')
-    return render(parser.parse_args(argv))
+    add_min_coverage_argument(parser)
+    args = parser.parse_args(argv)
+    check_args(args)
+    return render(args)
+
+
+#: what --out may end in (matplotlib picks the format from it)
+OUT_SUFFIXES = ('.png', '.jpg', '.jpeg', '.pdf', '.svg')
+
+
+def check_args(args) -> None:
+    """Everything the user gave, before a model is built (ToolError)."""
+    from mmvitmix.models.backbones.rmt import RMT
+    archs = sorted(RMT.arch_settings)
+    if args.arch.lower() not in archs:
+        raise ToolError(f'--arch {args.arch!r} is not an RMT arch; accepted: '
+                        f'{archs}')
+    if not 0 <= args.stage <= 3:
+        raise ToolError(f'--stage must be in 0..3, got {args.stage}')
+    if args.head < 0:
+        raise ToolError(f'--head must be an int >= 0, got {args.head}')
+    if args.size < 32:
+        raise ToolError(f'--size must be at least 32 pixels (the total stride '
+                        f'of RMT), got {args.size}')
+    if args.grid is not None and args.grid < 1:
+        raise ToolError(f'--grid must be an int >= 1, got {args.grid}')
+    if args.dpi < 1:
+        raise ToolError(f'--dpi must be an int >= 1, got {args.dpi}')
+    if args.checkpoint is not None:
+        check_file(args.checkpoint, '--checkpoint')
+    if args.image is not None:
+        check_file(args.image, '--image')
+    check_output_file(args.out, '--out', OUT_SUFFIXES,
+                      inputs=[args.checkpoint, args.image])
+    check_min_coverage(args.min_coverage, '--min-coverage')
 
 
 if __name__ == '__main__':

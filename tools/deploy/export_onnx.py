@@ -63,7 +63,11 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from mmvitmix.apis.cli import run
+
+from mmvitmix.apis import (add_min_coverage_argument, check_config,
+                           check_file, check_output_file, check_shape)
+from mmvitmix.apis.cli import ToolError, run
+from mmvitmix.utils import DEFAULT_MIN_COVERAGE, check_min_coverage
 
 OPSET = 18
 DYNAMIC_MIN = 64
@@ -120,9 +124,18 @@ class ClassifierExport(nn.Module):
         return self.classifier(x, mode='tensor')
 
 
-def build(target: str, arch: Optional[str], checkpoint: Optional[str],
-          cfg_options=None):
-    """(module to export, output names, description)."""
+def build(target: str,
+          arch: Optional[str],
+          checkpoint: Optional[str],
+          cfg_options=None,
+          min_coverage: float = DEFAULT_MIN_COVERAGE):
+    """(module to export, output names, description).
+
+    A checkpoint must provide at least ``min_coverage`` of the model's
+    parameters (the one rule, :func:`mmvitmix.utils.check_coverage`): a
+    backbone type through its ``init_cfg`` (official files converted), a
+    config's whole model through :func:`mmvitmix.utils.load_checked`.
+    """
     from mmengine.registry import MODELS, init_default_scope
     if not target.endswith('.py'):
         import mmvitmix.models  # noqa: F401  registers the backbones
@@ -131,17 +144,18 @@ def build(target: str, arch: Optional[str], checkpoint: Optional[str],
         cfg = dict(type=name, drop_path_rate=0.)
         if arch:
             cfg['arch'] = arch
-        if checkpoint:
-            cfg['init_cfg'] = dict(type='Pretrained', checkpoint=checkpoint)
         backbone = MODELS.build(cfg)
         if checkpoint:
-            backbone.init_weights()
+            # the backbones' Pretrained loading (official files converted)
+            backbone.load_pretrained(
+                checkpoint,
+                min_coverage=min_coverage,
+                opt_in='pass --min-coverage {share}')
         n = len(backbone.out_indices)
         return (BackboneExport(backbone), [f'feat{i}' for i in range(n)],
                 f'backbone {name}')
-    from mmengine.runner import load_checkpoint
-
     from mmvitmix.apis import load_config
+    from mmvitmix.utils import load_checked
     cfg = load_config(target, cfg_options)
     init_default_scope(cfg.default_scope)
     cfg.model.get('backbone', {}).pop('init_cfg', None)
@@ -149,7 +163,7 @@ def build(target: str, arch: Optional[str], checkpoint: Optional[str],
         cfg.model.backbone.drop_path_rate = 0.
     model = MODELS.build(cfg.model)
     if checkpoint:
-        load_checkpoint(model, checkpoint, map_location='cpu', strict=True)
+        load_checked(model, checkpoint, min_coverage)
     scope = cfg.default_scope
     if scope == 'mmseg':
         return (SegmentorExport(model), ['seg_logits'],
@@ -328,29 +342,50 @@ def parse_args(argv=None):
         help='a fixed limit on max|onnxruntime - torch| / max|torch|; '
         f'default: max({NOISE_FACTOR:g} x the model\'s own float32 vs '
         f'float64 error, {NOISE_FLOOR:g}) per output')
+    add_min_coverage_argument(parser)
     args = parser.parse_args(argv)
     if len(args.paths) > 2:
         parser.error('give at most CHECKPOINT and OUT')
     args.checkpoint = args.paths[0] if len(args.paths) == 2 else None
     args.out = args.paths[-1]
-    if not args.out.endswith('.onnx'):
-        parser.error(f'OUT must end in .onnx, got {args.out!r}')
-    if args.arch and args.target.endswith('.py'):
-        parser.error('--arch applies to backbone types, not configs')
-    if args.tol is not None and not args.tol >= 0:
-        parser.error(f'--tol must be a number >= 0, got {args.tol}')
-    if min(args.shape) < 32:
-        parser.error(f'--shape must be at least 32x32, got {args.shape}')
-    if args.dynamic and min(args.shape) < DYNAMIC_MIN:
-        parser.error(f'--dynamic exports sizes from {DYNAMIC_MIN} up; --shape '
-                     f'must be at least {DYNAMIC_MIN}x{DYNAMIC_MIN}, got '
-                     f'{args.shape}')
     return args
+
+
+def check_args(args) -> None:
+    """Everything the user gave, before a model is built (ToolError)."""
+    if args.target.endswith('.py'):
+        check_config(args.target)
+        if args.arch:
+            raise ToolError('--arch applies to backbone types, not configs')
+    else:
+        import mmvitmix.models  # noqa: F401  registers the backbones
+        from mmvitmix.models import backbones
+        from mmvitmix.registry import MODELS
+        name = args.target.split('.', 1)[-1]
+        known = sorted(n for n in backbones.__all__
+                       if isinstance(MODELS.get(n), type))
+        if name not in known:
+            raise ToolError(f'unknown target {args.target!r}: give a config '
+                            f'file (.py) or a backbone type, one of {known}')
+    if args.checkpoint is not None:
+        check_file(args.checkpoint, 'checkpoint')
+    check_output_file(args.out, 'OUT', ('.onnx', ), inputs=[args.checkpoint])
+    check_shape(args.shape)
+    if args.dynamic and min(args.shape) < DYNAMIC_MIN:
+        raise ToolError(f'--dynamic exports sizes from {DYNAMIC_MIN} up; '
+                        f'--shape must be at least {DYNAMIC_MIN}x'
+                        f'{DYNAMIC_MIN}, got {args.shape}')
+    if args.tol is not None and not args.tol >= 0:
+        raise ToolError(f'--tol must be a number >= 0, got {args.tol}')
+    check_min_coverage(args.min_coverage, '--min-coverage')
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    module, names, what = build(args.target, args.arch, args.checkpoint)
+    check_args(args)
+    module, names, what = build(
+        args.target, args.arch, args.checkpoint,
+        min_coverage=args.min_coverage)
     module.eval()
     folded = reparameterize(module)
     print(f'exporting {what} of {args.target}' +

@@ -7,7 +7,8 @@ Usage::
 
 Builds the model of ``CONFIG`` (a training config: MMDetection detector,
 MMSegmentation segmentor or MMPretrain classifier), loads ``CHECKPOINT``
-strictly, then calls ``switch_to_deploy()`` on every module that has one
+(which must provide at least ``--min-coverage``, default 0.9, of the model's
+parameters with matching shapes; docs/reliability.md), then calls ``switch_to_deploy()`` on every module that has one
 (e.g. :class:`mmvitmix.models.RIFormer`, which folds each block's affine
 token mixer into the norm before it). On one random input it checks that
 nothing changed:
@@ -34,10 +35,12 @@ from typing import List, Optional
 import torch
 from mmengine.config import DictAction
 from mmengine.registry import MODELS, init_default_scope
-from mmengine.runner import load_checkpoint
 
-from mmvitmix.apis import load_config
-from mmvitmix.apis.cli import run
+from mmvitmix.apis import (add_min_coverage_argument, check_config,
+                           check_file, check_output_file, check_shape,
+                           load_config)
+from mmvitmix.apis.cli import ToolError, run
+from mmvitmix.utils import DEFAULT_MIN_COVERAGE, check_min_coverage
 
 
 def parse_args(argv: Optional[List[str]] = None):
@@ -65,6 +68,7 @@ def parse_args(argv: Optional[List[str]] = None):
         nargs='+',
         action=DictAction,
         help='override config settings, as in tools/train.py')
+    add_min_coverage_argument(parser)
     return parser.parse_args(argv)
 
 
@@ -176,20 +180,23 @@ def reparameterize(config: str,
                    shape=(256, 320),
                    tol: float = 1e-5,
                    seed: int = 0,
-                   cfg_options: Optional[dict] = None) -> dict:
+                   cfg_options: Optional[dict] = None,
+                   min_coverage: float = DEFAULT_MIN_COVERAGE) -> dict:
     """Do the conversion; return a summary. Raises ``RuntimeError`` when
-    the outputs change by more than ``tol`` (nothing is written then)."""
+    the outputs change by more than ``tol`` (nothing is written then), a
+    :class:`~mmvitmix.utils.CheckpointError` when the checkpoint cannot be
+    read or provides less than ``min_coverage`` of the model."""
     # scope from default_scope or the _base_ prefix, its modules registered,
     # mmvitmix.models and custom_imports imported (as tools/train.py does)
-    from mmvitmix.utils import check_output_path, save_checkpoint_atomic
+    from mmvitmix.utils import (check_output_path, load_checked,
+                                read_checkpoint, save_checkpoint_atomic)
     check_output_path(out, [checkpoint, config])
+    ckpt = read_checkpoint(checkpoint)  # unreadable files named first
     cfg = load_config(config, cfg_options)
     init_default_scope(cfg.default_scope)
     model = MODELS.build(cfg.model)
-    # checkpoints written by mmengine's Runner carry its message hub
-    from mmvitmix.utils import allow_mmengine_checkpoints
-    allow_mmengine_checkpoints()
-    ckpt = load_checkpoint(model, checkpoint, map_location='cpu', strict=True)
+    # the one rule (docs/reliability.md), then a non-strict load
+    load_checked(model, ckpt, min_coverage, source=checkpoint)
     model.eval()
 
     targets = [
@@ -239,13 +246,25 @@ def reparameterize(config: str,
     return summary
 
 
+def check_args(args) -> None:
+    """Everything the user gave, before a model is built (ToolError)."""
+    check_config(args.config)
+    check_file(args.checkpoint, 'checkpoint')
+    check_output_file(args.out, 'OUT', inputs=[args.checkpoint, args.config])
+    check_shape(args.shape)
+    if not args.tol > 0:
+        raise ToolError(f'--tol must be a number > 0, got {args.tol}')
+    check_min_coverage(args.min_coverage, '--min-coverage')
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
+    check_args(args)
     try:
         summary = reparameterize(args.config, args.checkpoint, args.out,
                                  tuple(args.shape), args.tol, args.seed,
-                                 args.cfg_options)
-    except (RuntimeError, ValueError) as exc:
+                                 args.cfg_options, args.min_coverage)
+    except RuntimeError as exc:  # the outputs changed: the report
         print(f'error: {exc}', file=sys.stderr)
         return 1
     modules = sorted(set(summary['switched']))

@@ -31,12 +31,13 @@ import torch.utils.checkpoint as cp
 from mmcv.cnn import build_norm_layer
 from mmengine.logging import print_log
 from mmengine.model import BaseModule
-from mmengine.runner.checkpoint import CheckpointLoader
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from mmvitmix.utils import allow_mmengine_checkpoints
+from mmvitmix.utils import (CheckpointError, CheckpointNotFoundError,
+                            read_checkpoint)
+from mmvitmix.utils.checkpoint import DEFAULT_MIN_COVERAGE
+from mmvitmix.utils.checkpoint import check_coverage as _check_coverage
 from ..converters import unwrap_state_dict
-from ..converters.files import reading_error_detail
 from ..converters.identify import (backbone_family, check_checkpoint_family,
                                    check_checkpoint_fits)
 
@@ -185,36 +186,25 @@ def run_blocks(blocks: Iterable[nn.Module],
     return x
 
 
-#: share of the backbone's parameters (by element count, the output norms
-#: that official ImageNet files lack not counted) that a Pretrained checkpoint
-#: must provide unless ``init_cfg`` lowers ``min_coverage``
-DEFAULT_MIN_COVERAGE = 0.9
+# DEFAULT_MIN_COVERAGE (imported above, from mmvitmix.utils.checkpoint):
+# share of the backbone's parameters (by element count, the output norms
+# that official ImageNet files lack not counted) that a Pretrained checkpoint
+# must provide unless ``init_cfg`` lowers ``min_coverage``; the tools'
+# ``--min-coverage`` has the same default.
 
 
 def read_pretrained(owner: str, checkpoint: str, map_location: str):
-    """``CheckpointLoader.load_checkpoint`` whose every failure names the
-    file: a missing one as missing, anything torch raises while reading
-    (random bytes give ``UnpicklingError``, ``IndexError``, ``KeyError``,
-    ...) as an unreadable checkpoint."""
+    """:func:`mmvitmix.utils.read_checkpoint` (the tools' reader) with
+    ``owner`` in front of its message: a missing file as missing
+    (``FileNotFoundError``), anything torch raises while reading (random
+    bytes give ``UnpicklingError``, ``IndexError``, ``KeyError``, ...) as
+    an unreadable checkpoint."""
     try:
-        return CheckpointLoader.load_checkpoint(
-            checkpoint, map_location=map_location, logger='current')
-    except FileNotFoundError as exc:
-        raise FileNotFoundError(
-            f'{owner}: checkpoint {checkpoint!r} does not exist') from exc
-    except Exception as exc:  # whatever the unpickler raises
-        if 'Unsupported global' in str(exc):
-            what = ('it pickles Python objects besides tensors, which '
-                    'torch.load(weights_only=True) refuses; if you trust the '
-                    'file, convert it once with tools/model_converters/'
-                    '<family>2mmvitmix.py --allow-pickle')
-        elif '://' in checkpoint:
-            what = 'the download or the file failed'
-        else:
-            what = 'not a PyTorch checkpoint file, or a damaged one'
-        raise ValueError(
-            f'{owner}: cannot read checkpoint {checkpoint!r}: {what} '
-            f'({reading_error_detail(exc)})') from exc
+        return read_checkpoint(checkpoint, map_location=map_location)
+    except CheckpointNotFoundError as exc:
+        raise CheckpointNotFoundError(f'{owner}: {exc}') from exc
+    except CheckpointError as exc:
+        raise CheckpointError(f'{owner}: {exc}') from exc
 
 
 class VitMixBackbone(BaseModule):
@@ -454,7 +444,9 @@ class VitMixBackbone(BaseModule):
                         checkpoint: Union[str, dict],
                         prefix: Optional[str] = None,
                         map_location: str = 'cpu',
-                        min_coverage: float = DEFAULT_MIN_COVERAGE) -> dict:
+                        min_coverage: float = DEFAULT_MIN_COVERAGE,
+                        source: Optional[str] = None,
+                        opt_in: Optional[str] = None) -> dict:
         """Load ``checkpoint`` (path or loaded dict) into this backbone.
 
         Args:
@@ -467,23 +459,32 @@ class VitMixBackbone(BaseModule):
                 backbone's parameters, counted by element, the output norms
                 that ImageNet files lack not counted. A checkpoint that
                 provides none is refused whatever the value. 0..1;
-                default :data:`DEFAULT_MIN_COVERAGE`.
+                default :data:`DEFAULT_MIN_COVERAGE`. The rule is
+                :func:`mmvitmix.utils.check_coverage`, the same as the
+                tools'; tensors whose shape differs from the backbone's
+                count as not provided and are not loaded.
+            source (str | None): the file named in messages when
+                ``checkpoint`` is a dict already read.
+            opt_in (str | None): how a refusal tells the user to accept a
+                partial load, ``{share}`` standing for the share (default:
+                ``min_coverage`` in ``init_cfg``; the tools: their
+                ``--min-coverage`` flag).
 
         Returns:
-            dict: ``missing``, ``unexpected`` and ``fresh`` (output norms
-            kept at their initial value) key lists, also logged.
+            dict: ``missing`` (size mismatches included), ``unexpected``
+            and ``fresh`` (output norms kept at their initial value) key
+            lists, also logged.
         """
         name = type(self).__name__
         check_number(name, 'min_coverage', min_coverage, low=0, high=1)
-        source = (checkpoint if isinstance(checkpoint, str) else
-                  'the checkpoint dict passed in')
         if isinstance(checkpoint, str):
-            # whole detector / segmentor checkpoints written by mmengine
-            allow_mmengine_checkpoints()
+            source = checkpoint
             print_log(f'{type(self).__name__}: loading {checkpoint}',
                       logger='current')
+            # unreadable files named as such; mmengine's files allowed
             ckpt = read_pretrained(name, checkpoint, map_location)
         else:
+            source = source or 'the checkpoint dict passed in'
             ckpt = checkpoint
         state = unwrap_state_dict(ckpt)
         if prefix:
@@ -502,10 +503,27 @@ class VitMixBackbone(BaseModule):
             found = check_checkpoint_family(
                 name, (family, ), state, source,
                 lambda found: '; give it to a backbone of that type')
-        state = self.adapt_converted_state(self.converter(state))
+        try:
+            state = self.converter(state)
+        except (KeyError, ValueError, TypeError) as exc:
+            # the converter's reason, with the file it was given
+            text = (exc.args[0] if isinstance(exc, KeyError) and exc.args
+                    else str(exc))
+            raise CheckpointError(
+                f'{name}: cannot load {source}: {text}') from exc
+        state = self.adapt_converted_state(state)
         # another variant of the family: name the arch that fits the file
         check_checkpoint_fits(name, self.state_dict(), state, source, found)
-        self.check_coverage(state, source, min_coverage)
+        coverage = self.check_coverage(state, source, min_coverage, opt_in)
+        mismatched = [k for k, _, _ in coverage.mismatched]
+        if coverage.mismatched:
+            print_log(
+                f'{type(self).__name__}: size mismatches, not loaded: ' +
+                ', '.join(f'{k}: {a} in the file, {b} in the backbone'
+                          for k, a, b in coverage.mismatched),
+                logger='current',
+                level=30)
+            state = {k: v for k, v in state.items() if k not in mismatched}
         result = self.load_state_dict(state, strict=False)
         expected_missing = set(self.output_norm_keys())
         missing = [k for k in result.missing_keys if k not in expected_missing]
@@ -530,41 +548,34 @@ class VitMixBackbone(BaseModule):
         return dict(missing=missing, unexpected=list(result.unexpected_keys),
                     fresh=fresh)
 
-    def check_coverage(self, state: dict, source: str,
-                       min_coverage: float) -> float:
+    def check_coverage(self,
+                       state: dict,
+                       source: str,
+                       min_coverage: float,
+                       opt_in: Optional[str] = None):
         """Refuse a converted state dict that covers too little of us.
 
+        :func:`mmvitmix.utils.check_coverage` (the tools' rule) with the
+        output norms not counted and ``init_cfg``'s ``min_coverage`` as the
+        way to opt in.
+
         Returns:
-            float: the share of the backbone's parameters (by element, the
-            output norms not counted) that ``state`` provides.
+            Coverage: the measurement (``share``: of the backbone's
+            parameters, by element, the output norms not counted, that
+            ``state`` provides with matching shapes).
 
         Raises:
-            ValueError: naming ``source``, the share, the first missing keys
-            and how to opt in, when no parameter or less than
-            ``min_coverage`` of them would be loaded.
+            CheckpointError (a ValueError): naming ``source``, the share,
+            the first missing keys and how to opt in, when no parameter or
+            less than ``min_coverage`` of them would be loaded.
         """
-        name = type(self).__name__
-        optional = set(self.output_norm_keys())
-        params = [(k, p.numel()) for k, p in self.named_parameters()
-                  if k not in optional]
-        total = sum(n for _, n in params)
-        missing = [k for k, _ in params if k not in state]
-        loaded = sum(n for k, n in params if k in state)
-        share = loaded / total if total else 1.0
-        first = missing[:8]
-        more = f' and {len(missing) - 8} more' if len(missing) > 8 else ''
-        if loaded == 0:
-            raise ValueError(
-                f'{name}: no parameter of the backbone could be loaded from '
-                f'{source} ({len(state)} keys after conversion, none of them '
-                f'a parameter of {name}); is it a checkpoint of this '
-                f'backbone? Missing: {first}{more}')
-        if share < min_coverage:
-            raise ValueError(
-                f'{name}: {source} provides {share:.1%} of the backbone\'s '
-                f'parameters ({len(missing)} of {len(params)} tensors '
-                f'missing: {first}{more}), below min_coverage='
-                f'{min_coverage:g}. If a partial load is intended, set '
-                f'min_coverage in init_cfg (e.g. dict(type=\'Pretrained\', '
-                f'checkpoint=..., min_coverage={math.floor(share * 100) / 100:.2f}))')
-        return share
+        return _check_coverage(
+            self,
+            state,
+            source,
+            min_coverage,
+            what='backbone',
+            ignore=self.output_norm_keys(),
+            opt_in=opt_in or (
+                "set min_coverage in init_cfg (e.g. dict(type='Pretrained', "
+                'checkpoint=..., min_coverage={share}))'))
