@@ -8,18 +8,13 @@ Checkpoints go through one rule (:func:`check_checkpoint_fits`,
 (:func:`add_min_coverage_argument`).
 """
 import argparse
-import os
-import os.path as osp
 from typing import Iterable, Optional, Sequence
 
 from mmvitmix.utils.checkpoint import (DEFAULT_MIN_COVERAGE, check_coverage,
                                        check_min_coverage, model_state_dict,
                                        read_checkpoint)
-from .cli import ToolError
-
-#: the smallest image side every backbone takes: the total stride of four
-#: stages (Container-Light: the product of its patch sizes, also 32)
-MIN_INPUT_SIZE = 32
+from .cli import (MIN_SIDE, existing_file, output_dir, output_file,
+                  positive_shape)
 
 
 def add_min_coverage_argument(parser: argparse.ArgumentParser) -> None:
@@ -36,123 +31,46 @@ def add_min_coverage_argument(parser: argparse.ArgumentParser) -> None:
 
 
 def check_file(path: str, what: str) -> str:
-    """``path`` if it is a readable file, else a ToolError naming ``what``."""
-    if not osp.exists(path):
-        raise ToolError(f'{what} {path!r} does not exist')
-    if osp.isdir(path):
-        raise ToolError(f'{what} {path!r} is a folder; give a file')
-    if not os.access(path, os.R_OK):
-        raise ToolError(f'{what} {path!r} cannot be read (permission '
-                        'denied)')
+    """``path`` if it is a readable file, else a ToolError naming ``what``
+    (:func:`~mmvitmix.apis.cli.existing_file`)."""
+    existing_file(what, path)
     return path
 
 
 def check_config(path: str) -> str:
-    """A config argument: an existing ``.py`` file."""
-    check_file(path, 'config file')
-    if not path.endswith('.py'):
-        raise ToolError(f'config file {path!r} is not a Python config '
-                        '(.py); give an mmdet / mmseg / mmpretrain config')
+    """A config argument: an existing, readable ``.py`` file."""
+    existing_file('config file', path, ('.py', ))
     return path
-
-
-def _writable_ancestor(path: str) -> Optional[str]:
-    """The first existing folder above ``path`` where it can be created; a
-    ToolError when an ancestor is a file or that folder is read-only."""
-    parent = osp.dirname(osp.abspath(path))
-    while not osp.exists(parent):
-        parent = osp.dirname(parent)
-    if not osp.isdir(parent):
-        raise ToolError(f'cannot create {path!r}: {parent!r} is a file, '
-                        'not a folder')
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise ToolError(f'cannot write {path!r}: folder {parent!r} is not '
-                        'writable')
-    return parent
 
 
 def check_output_file(path: str,
                       what: str,
                       suffixes: Sequence[str] = (),
                       inputs: Iterable[str] = ()) -> str:
-    """An output file: not an existing folder, not one of ``inputs``, with
-    one of ``suffixes`` (when given), in a folder that exists or can be
-    created. Nothing is created here."""
-    if osp.isdir(path):
-        example = osp.join(path, f'out{suffixes[0] if suffixes else ""}')
-        raise ToolError(f'{what} {path!r} is an existing folder; give a '
-                        f'file name, e.g. {example}')
-    if suffixes and not path.lower().endswith(tuple(suffixes)):
-        raise ToolError(f'{what} {path!r} must end in '
-                        f'{" or ".join(suffixes)}')
-    for src in inputs:
-        if src and osp.exists(src) and osp.exists(path) and osp.samefile(
-                src, path):
-            raise ToolError(f'{what} {path!r} is the input file {src!r}: '
-                            'refusing to overwrite the input; write to a '
-                            'new file')
-    _writable_ancestor(path)
+    """An output file (:func:`~mmvitmix.apis.cli.output_file`): not a
+    folder, not one of ``inputs``, with one of ``suffixes`` when given.
+    Nothing is created here."""
+    output_file(what, path, suffixes, inputs)
     return path
 
 
 def check_output_dir(path: str, what: str) -> str:
-    """An output folder: not an existing file; it exists or can be
-    created. Nothing is created here."""
-    if osp.exists(path) and not osp.isdir(path):
-        raise ToolError(f'{what} {path!r} is an existing file; give a '
-                        'folder')
-    if osp.isdir(path):
-        if not os.access(path, os.W_OK | os.X_OK):
-            raise ToolError(f'{what} {path!r} is not writable')
-    else:
-        _writable_ancestor(path)
+    """An output folder (:func:`~mmvitmix.apis.cli.output_dir`). Nothing is
+    created here."""
+    output_dir(what, path)
     return path
 
 
 def check_shape(shape: Optional[Sequence[int]],
-                minimum: int = MIN_INPUT_SIZE,
+                minimum: int = MIN_SIDE,
                 what: str = '--shape',
                 lengths: Sequence[int] = (2, )) -> Optional[tuple]:
-    """An image size ``H W`` (or ``S`` when 1 is in ``lengths``): ints of
-    at least ``minimum`` (the backbone's total stride)."""
+    """An image size ``H W`` (or ``S`` when 1 is in ``lengths``), each side
+    at least ``minimum`` (:func:`~mmvitmix.apis.cli.positive_shape`); None
+    passes."""
     if shape is None:
         return None
-    shape = tuple(shape)
-    if len(shape) not in lengths:
-        counts = ' or '.join(str(n) for n in lengths)
-        raise ToolError(f'{what} takes {counts} values (H W), got '
-                        f'{len(shape)}: {list(shape)}')
-    for value in shape:
-        if isinstance(value, bool) or not isinstance(value, int) or \
-                value < minimum:
-            raise ToolError(
-                f'{what} {" ".join(str(v) for v in shape)}: every side must '
-                f'be an int of at least {minimum} (the total stride of the '
-                f'backbone), got {value!r}')
-    return shape
-
-
-def check_number(value, what: str, low=None, high=None, integer=False):
-    """``value`` within ``[low, high]`` (None: unbounded), else a ToolError
-    naming ``what`` and the accepted range."""
-    import math
-    kind = 'an int' if integer else 'a number'
-    if low is not None and high is not None:
-        accepted = f'in [{low}, {high}]'
-    elif low is not None:
-        accepted = f'>= {low}'
-    elif high is not None:
-        accepted = f'<= {high}'
-    else:
-        accepted = 'finite'
-    bad = (isinstance(value, bool)
-           or not isinstance(value, int if integer else (int, float))
-           or not math.isfinite(value)
-           or (low is not None and value < low)
-           or (high is not None and value > high))
-    if bad:
-        raise ToolError(f'{what} must be {kind} {accepted}, got {value!r}')
-    return value
+    return positive_shape(what, list(shape), minimum, tuple(lengths))
 
 
 def unwrap_model(model):

@@ -2,7 +2,8 @@
 
 A tool's ``if __name__ == '__main__':`` block calls :func:`run` with its
 ``main``. Any exception that ``main`` raises reaches the user as one line on
-standard error, ``error: <what went wrong> [--debug ...]``, and the process exits with
+standard error, ``error: <what went wrong> [--debug ...]``, and the process
+exits with
 status 1 (argparse's own usage errors keep their status 2). The Python
 traceback is shown only on request: ``--debug`` anywhere on the command line
 (removed before ``main`` sees the arguments) or the environment variable
@@ -21,7 +22,7 @@ writes an output whole or not at all.
 import os
 import sys
 from pathlib import Path
-from typing import Callable, List, Optional
+from typing import Callable, Iterable, List, Optional, Sequence
 
 #: environment variable that turns the traceback back on
 DEBUG_ENV = 'MMVITMIX_DEBUG'
@@ -119,8 +120,9 @@ def positive_shape(option: str, values, minimum: int = MIN_SIDE,
     form = 'an integer' if scalar else ' or '.join(
         {1: 'H', 2: 'H W'}.get(n, f'{n} sides') for n in lengths) + \
         ' as integers'
-    accepted = (f'give {form} >= {minimum} (the backbones\' total stride '
-                f'is {minimum})')
+    why = (f' (the backbones\' total stride is {MIN_SIDE})'
+           if minimum == MIN_SIDE else '')
+    accepted = f'give {form} of at least {minimum}{why}'
     if not scalar and len(sides) not in lengths:
         raise ToolError(f'{option} got {len(sides)} values {list(sides)}; '
                         f'{accepted}')
@@ -136,7 +138,7 @@ def existing_file(option: str, path, suffixes=None) -> Path:
     ``suffixes``, e.g. ``('.py', )``)."""
     file = Path(path)
     if not file.exists():
-        raise ToolError(f'{option} {str(path)!r}: no such file')
+        raise ToolError(f'{option} {str(path)!r} does not exist')
     if not file.is_file():
         raise ToolError(f'{option} {str(path)!r} is a folder; give a file')
     if suffixes and file.suffix not in suffixes:
@@ -185,13 +187,26 @@ def _writable_parent(option: str, path: Path) -> None:
                         'not writable')
 
 
-def output_file(option: str, path) -> Path:
-    """``path`` as a ``Path`` if a file can be written there (its missing
-    parent folders are made when it is written, by :func:`write_file`)."""
+def output_file(option: str, path, suffixes: Sequence[str] = (),
+                inputs: Iterable[str] = ()) -> Path:
+    """``path`` as a ``Path`` if a file can be written there: not a folder,
+    with one of ``suffixes`` when given, not one of the tool's ``inputs``
+    (its missing parent folders are made when it is written, by
+    :func:`write_file`)."""
     file = Path(path)
     if file.is_dir():
-        raise ToolError(f'{option} {str(path)!r} is a folder; give a file '
-                        'path')
+        example = file / f'out{suffixes[0] if suffixes else ""}'
+        raise ToolError(f'{option} {str(path)!r} is an existing folder; give '
+                        f'a file name, e.g. {example}')
+    if suffixes and not str(path).lower().endswith(tuple(suffixes)):
+        raise ToolError(f'{option} {str(path)!r} must end in '
+                        f'{" or ".join(suffixes)}')
+    for src in inputs:
+        if src and os.path.exists(src) and file.exists() and \
+                os.path.samefile(src, file):
+            raise ToolError(f'{option} {str(path)!r} is the input file '
+                            f'{str(src)!r}: refusing to overwrite the input; '
+                            'write to a new file')
     _writable_parent(option, file)
     if file.exists() and not os.access(file, os.W_OK):
         raise ToolError(f'{option} {str(path)!r} is not writable')
@@ -203,7 +218,8 @@ def output_dir(option: str, path) -> Path:
     (nothing is made here)."""
     folder = Path(path)
     if folder.exists() and not folder.is_dir():
-        raise ToolError(f'{option} {str(path)!r} is a file; give a folder')
+        raise ToolError(f'{option} {str(path)!r} is an existing file; give a '
+                        'folder')
     if folder.is_dir():
         if not os.access(folder, os.W_OK | os.X_OK):
             raise ToolError(f'{option} {str(path)!r} is not writable')

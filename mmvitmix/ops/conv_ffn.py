@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .backends.common import recompute_usable
 from .dwconv import _weight_grad_op, dwconv_weight_grad_reference
 
 __all__ = ['conv_ffn_tail', 'conv_ffn_tail_reference', 'fused_tail_usable']
@@ -134,20 +135,7 @@ def fused_tail_usable(h: Tensor, *params: Optional[Tensor]) -> bool:
     """Whether :func:`conv_ffn_tail` runs the fused backward for these
     inputs: a gradient recorded, (B, H, W, C) contiguous float32/float64 on
     one dtype, no autocast, no export or trace."""
-    if not torch.is_grad_enabled():
-        return False
-    tensors = [h, *(p for p in params if p is not None)]
-    if not any(t.requires_grad for t in tensors):
-        return False
-    if h.dim() != 4 or not h.is_contiguous():
-        return False
-    if h.dtype not in (torch.float32, torch.float64) or any(
-            t.dtype != h.dtype for t in tensors):
-        return False
-    if torch.is_autocast_enabled(h.device.type):
-        return False
-    from .backends import export_safe
-    return not export_safe()
+    return recompute_usable(h, params, dims=(4, ))
 
 
 def conv_ffn_tail(h: Tensor, dw_weight: Tensor, dw_bias: Optional[Tensor],

@@ -20,6 +20,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from .backends.common import recompute_usable
+
 __all__ = ['norm_linears', 'fused_usable']
 
 
@@ -87,7 +89,8 @@ class _NormLinears(torch.autograd.Function):
         del normed, normed2
         grad_x = grad_nw = grad_nb = None
         if grad_normed is not None and any(need[:3]):
-            grad_x, grad_nw, grad_nb = torch.ops.aten.native_layer_norm_backward(
+            layer_norm_backward = torch.ops.aten.native_layer_norm_backward
+            grad_x, grad_nw, grad_nb = layer_norm_backward(
                 grad_normed.view(x.shape), x, (width, ), mean, rstd,
                 norm_weight, norm_bias,
                 [need[0], need[1] and norm_weight is not None,
@@ -99,20 +102,7 @@ def fused_usable(x: Tensor, *params: Optional[Tensor]) -> bool:
     """Whether :func:`norm_linears` keeps only the norm's input for these
     inputs: a gradient recorded, contiguous float32/float64 on one dtype, no
     autocast, no export or trace."""
-    if not torch.is_grad_enabled():
-        return False
-    tensors = [x, *(p for p in params if p is not None)]
-    if not any(t.requires_grad for t in tensors):
-        return False
-    if not x.is_contiguous() or x.dim() < 2:
-        return False
-    if x.dtype not in (torch.float32, torch.float64) or any(
-            t.dtype != x.dtype for t in tensors):
-        return False
-    if torch.is_autocast_enabled(x.device.type):
-        return False
-    from .backends import export_safe
-    return not export_safe()
+    return recompute_usable(x, params, dims=range(2, 9))
 
 
 def norm_linears(x: Tensor, norm: nn.LayerNorm,

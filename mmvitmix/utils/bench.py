@@ -129,3 +129,41 @@ def load_official_models(folder):
     sys.modules.setdefault('official_models', module)
     spec.loader.exec_module(module)
     return module
+
+
+#: benchmark name -> (mmvitmix type, arch, official source file, official
+#: constructor); the last two None where no official code is compared
+BACKBONE_MODELS = {
+    'rmt_t': ('RMT', 't', 'RMT.py', 'RMT_T3'),
+    'rmt_s': ('RMT', 's', 'RMT.py', 'RMT_S'),
+    'rmt_b': ('RMT', 'b', 'RMT.py', 'RMT_M2'),
+    'rmt_l': ('RMT', 'l', 'RMT.py', 'RMT_L6'),
+    'rest_lite': ('ResT', 'lite', 'rest.py', 'rest_lite'),
+    'rest_small': ('ResT', 'small', 'rest.py', 'rest_small'),
+    'rest_base': ('ResT', 'base', 'rest.py', 'rest_base'),
+    'rest_large': ('ResT', 'large', 'rest.py', 'rest_large'),
+    'container_light': ('ContainerLight', 'light', None, None),
+    'riformer_s12': ('RIFormer', 's12', None, None),
+    'riformer_s24': ('RIFormer', 's24', None, None),
+    'riformer_s36': ('RIFormer', 's36', None, None),
+    'riformer_m36': ('RIFormer', 'm36', None, None),
+    'riformer_m48': ('RIFormer', 'm48', None, None),
+}
+
+
+def build_official_backbone(loader_folder, official_dir, model_name):
+    """The official RMT / ResT classification model of ``model_name``
+    (:data:`BACKBONE_MODELS`), drop path off, and the function that computes
+    its features (``forward_features`` where it has one)."""
+    kind, _, official_file, ctor = BACKBONE_MODELS[model_name]
+    om = load_official_models(loader_folder)
+    path = os.path.join(official_dir, official_file)
+    if kind == 'RMT':
+        fn = getattr(om.load_rmt_cls(path), ctor)
+        model = fn(None) if 'args' in fn.__code__.co_varnames else fn()
+        for m in model.modules():  # their drop path is on by default
+            if type(m).__name__ == 'DropPath':
+                m.drop_prob = 0.
+    else:
+        model = getattr(om.load_rest_cls(path), ctor)()
+    return model, getattr(model, 'forward_features', model)

@@ -16,7 +16,7 @@ bench = load_script('tools/analysis_tools/benchmark_backbone.py')
     (['--device', 'cpu', '--methods', 'fused'], 'fused kernels run on CUDA'),
     (['--device', 'cpu', '--methods', 'official'], 'needs --official-dir'),
     (['--device', 'cpu', '--models', '--configs', 'missing.py'],
-     'no such file'),
+     'does not exist'),
     (['--device', 'cpu', '--models'], 'nothing to measure'),
 ])
 def test_bad_arguments_are_refused(argv, message):

@@ -36,13 +36,15 @@ def test_positive_shape():
     assert cli.positive_shape('--shape', [32, 2048]) == (32, 2048)
     assert cli.positive_shape('--size', 224) == (224, )
     with pytest.raises(ToolError, match=r'side -8 .* H or H W as integers '
-                       r'>= 32 \(the backbones\' total stride is 32\)'):
+                       r'of at least 32 \(the backbones\' total stride '
+                       r'is 32\)'):
         cli.positive_shape('--shape', [-8, 64])
     with pytest.raises(ToolError, match=r'3 values \[64, 64, 3\]'):
         cli.positive_shape('--shape', [64, 64, 3])
-    with pytest.raises(ToolError, match=r'--size 31: .*an integer >= 32'):
+    with pytest.raises(ToolError,
+                       match=r'--size 31: .*an integer of at least 32'):
         cli.positive_shape('--size', 31)
-    with pytest.raises(ToolError, match='>= 64'):
+    with pytest.raises(ToolError, match=r'of at least 64$'):
         cli.positive_shape('--size', 32, minimum=64)
 
 
@@ -50,7 +52,7 @@ def test_input_paths(tmp_path):
     (tmp_path / 'a.py').write_text('x = 1\n')
     (tmp_path / 'b.txt').write_text('')
     assert cli.existing_file('--f', tmp_path / 'a.py', ('.py', )).is_file()
-    for path, words in [('missing.py', 'no such file'),
+    for path, words in [('missing.py', 'does not exist'),
                         ('', 'is a folder'),
                         ('b.txt', "expected a .py file")]:
         with pytest.raises(ToolError, match=words):
@@ -80,9 +82,10 @@ def test_output_paths_check_and_make_nothing(tmp_path):
     assert cli.output_file('--out', tmp_path / 'new' / 'deep' / 'x.md')
     assert cli.output_dir('--out', tmp_path / 'new' / 'deep')
     assert cli.output_dir('--out', tmp_path / 'folder')
-    with pytest.raises(ToolError, match='is a folder; give a file path'):
+    with pytest.raises(ToolError,
+                       match='is an existing folder; give a file name'):
         cli.output_file('--out', tmp_path / 'folder')
-    with pytest.raises(ToolError, match='is a file; give a folder'):
+    with pytest.raises(ToolError, match='is an existing file; give a folder'):
         cli.output_dir('--out', tmp_path / 'file')
     with pytest.raises(ToolError, match='no folder can be made below it'):
         cli.output_file('--out', tmp_path / 'file' / 'sub' / 'x.md')

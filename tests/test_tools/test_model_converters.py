@@ -10,6 +10,7 @@ import torch
 
 from mmvitmix.apis import ToolError
 from mmvitmix.models import converters
+from tests.test_tools._driver import run_tool_cases
 
 REPO = Path(__file__).resolve().parents[2]
 GOLDEN = REPO / '..' / 'shared' / 'golden'
@@ -358,26 +359,6 @@ def test_load_source_refuses_unreadable_and_foreign_files(tmp_path):
     assert not dst.exists()
 
 
-#: run as ``python DRIVER SCRIPT CASES.json``: each case's argv through the
-#: script's ``__main__``, in one process; prints one JSON line of results
-DRIVER = """
-import contextlib, io, json, runpy, sys
-script, cases = sys.argv[1], json.load(open(sys.argv[2]))
-results = []
-for argv in cases:
-    err = io.StringIO()
-    sys.argv = [script] + argv
-    code = 0
-    with contextlib.redirect_stderr(err):
-        try:
-            runpy.run_path(script, run_name='__main__')
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else 1
-    results.append(dict(argv=argv, code=code, stderr=err.getvalue()))
-print('RESULTS ' + json.dumps(results))
-"""
-
-
 @pytest.fixture(scope='module')
 def mistake_files(tmp_path_factory):
     """The mistakes a user makes, as files, shared by the scripts' tests."""
@@ -399,8 +380,6 @@ def test_converter_script_mistakes(tmp_path, mistake_files, fn):
     """The script as a user runs it, on each mistake (one process, several
     cases): exit status != 0, one ``error:`` line naming the problem, no
     traceback, nothing written."""
-    import json
-
     from mmvitmix.models.converters.identify import FAMILIES
     root, files, unreadable, resnet = mistake_files
     family, script = FAMILY_OF[fn]
@@ -422,16 +401,8 @@ def test_converter_script_mistakes(tmp_path, mistake_files, fn):
     ]
     argvs = [[src, str(tmp_path / f'out{i}.pth')]
              for i, (src, _) in enumerate(cases)]
-    (tmp_path / 'cases.json').write_text(json.dumps(argvs))
-    (tmp_path / 'driver.py').write_text(DRIVER)
-    proc = subprocess.run([
-        sys.executable, str(tmp_path / 'driver.py'),
-        str(CONVERTERS / script), str(tmp_path / 'cases.json')
-    ], env=_env(), capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    line = next(ln for ln in proc.stdout.splitlines()
-                if ln.startswith('RESULTS '))
-    results = json.loads(line[len('RESULTS '):])
+    results = [dict(code=code, stderr=err) for code, _, err in
+               run_tool_cases(CONVERTERS / script, argvs, timeout=300)]
     for (src, expected), argv, result in zip(cases, argvs, results):
         assert result['code'] != 0, result
         errors = [ln for ln in result['stderr'].splitlines()

@@ -65,11 +65,12 @@ def test_get_flops(tmp_path, inputs):
     out_folder = inputs / 'empty'
     cases = [
         ([DEMO_CONFIG, '--shape', '-8', '64'],
-         ['--shape -8 64', 'side -8', 'integers >= 32', 'stride'], 1),
-        (['RMT', '--arch', 't', '--shape', '16'], ['side 16', '>= 32'], 1),
+         ['--shape -8 64', 'side -8', 'integers of at least 32', 'stride'], 1),
+        (['RMT', '--arch', 't', '--shape', '16'],
+         ['side 16', 'at least 32'], 1),
         (['RMT', '--arch', 't', '--shape', '64', '64', '3'],
          ['3 values', 'H or H W'], 1),
-        (['configs/missing.py'], ['missing.py', 'no such file'], 1),
+        (['configs/missing.py'], ['missing.py', 'does not exist'], 1),
         ([str(inputs / 'broken.py')], ['broken.py', 'does not parse'], 1),
         ([str(inputs / 'notes.txt')], ['notes.txt', '.py file'], 1),
         (['RMT', '--arch', 'x'], ["'x'", "['t', 's', 'b', 'l']"], 1),
@@ -78,7 +79,7 @@ def test_get_flops(tmp_path, inputs):
          ["'Swin'", 'RMT, ResT, ResTV2, ContainerLight, RIFormer'], 1),
         ([], ['nothing to count', 'RMT', '--table'], 1),
         (['--table', '--configs', '--out', str(out_folder)],
-         ['--out', 'is a folder'], 1),
+         ['--out', 'is an existing folder'], 1),
         (['--table', '--configs', str(inputs / 'nowhere' / '*.py')],
          ['matches no file'], 1),
         (['RMT', '--arch', 't', '--out', 'flops.md'], ['--table'], 1),
@@ -107,7 +108,7 @@ def test_benchmark_backbone(tmp_path, inputs):
         (base + ['--warmup', '-1'], ['--warmup -1', '>= 0'], 1),
         (base + ['--repeats', '0'], ['--repeats 0', '>= 1'], 1),
         (base + ['--rounds', '0'], ['--rounds 0', '>= 1'], 1),
-        (base + ['--configs', 'missing.py'], ['missing.py', 'no such'], 1),
+        (base + ['--configs', 'missing.py'], ['missing.py', 'does not exist'], 1),
         (base + ['--configs', str(inputs / 'broken.py')],
          ['broken.py', 'does not parse'], 1),
         (base + ['--configs', str(inputs / 'no_model.py')],
@@ -149,8 +150,8 @@ def test_benchmark_ops(tmp_path):
 def test_benchmark_throughput(tmp_path):
     base = ['--device', 'cpu', '--models', 'RMT:t']
     cases = [
-        (base + ['--size', '16'], ['--size 16', 'integer >= 32'], 1),
-        (base + ['--size', '-224'], ['--size -224', '>= 32'], 1),
+        (base + ['--size', '16'], ['--size 16', 'integer of at least 32'], 1),
+        (base + ['--size', '-224'], ['--size -224', 'at least 32'], 1),
         (base + ['--batch', '0'], ['--batch 0', '>= 1'], 1),
         (base + ['--threads', '0'], ['--threads 0'], 1),
         (base + ['--warmup', '-1'], ['--warmup -1'], 1),
@@ -183,11 +184,11 @@ def test_gpu_acceptance(tmp_path, inputs):
     (taken / 'acceptance.json').mkdir(parents=True)
     cases = [
         (base + ['--out-dir', str(inputs / 'notes.txt')],
-         ['--out-dir', 'is a file'], 1),
+         ['--out-dir', 'is an existing file'], 1),
         (base + ['--out-dir', str(inputs / 'notes.txt' / 'sub')],
          ['notes.txt', 'no folder can be made'], 1),
         (base + ['--out-dir', str(taken)],
-         ['acceptance.json', 'is a folder'], 1),
+         ['acceptance.json', 'is an existing folder'], 1),
         (base + ['--wheels', str(inputs / 'nowhere')],
          ['--wheels', 'does not exist'], 1),
         (base + ['--official-dir', str(inputs / 'empty')],
@@ -236,7 +237,7 @@ def test_make_demo_cls(tmp_path, inputs):
          1),
         (['--src', str(missing), '--context', 'nan'], ['--context nan'], 1),
         (['--src', str(missing), '--out', str(inputs / 'notes.txt')],
-         ['--out', 'is a file'], 1),
+         ['--out', 'is an existing file'], 1),
         (['--src', str(missing), '--out', str(inputs / 'notes.txt' / 'cls')],
          ['no folder can be made'], 1),
     ]
@@ -248,9 +249,10 @@ def test_make_demo_data(tmp_path, inputs):
     cases = [
         (['--num-train', '0'], ['--num-train 0', '>= 1'], 1),
         (['--num-val', '-1'], ['--num-val -1', '>= 1'], 1),
-        (['--size', '16'], ['--size 16', 'integer >= 32'], 1),
+        (['--size', '16'], ['--size 16', 'integer of at least 32'], 1),
         (['--seed', '-1'], ['--seed -1', '>= 0'], 1),
-        (['--out', str(inputs / 'notes.txt')], ['--out', 'is a file'], 1),
+        (['--out', str(inputs / 'notes.txt')],
+         ['--out', 'is an existing file'], 1),
         (['--sets', 'voc'], ["invalid choice: 'voc'", "'coco', 'ade'"], 2),
     ]
     check_refusals('tools/dataset_converters/make_demo_data.py', cases,
@@ -260,7 +262,7 @@ def test_make_demo_data(tmp_path, inputs):
 def test_run_demo(tmp_path, inputs):
     cases = [
         (['--config', 'configs/demo/missing.py'],
-         ['--config', 'missing.py', 'no such file'], 1),
+         ['--config', 'missing.py', 'does not exist'], 1),
         (['--config', str(inputs / 'broken.py')],
          ['broken.py', 'does not parse'], 1),
         (['--config', str(inputs / 'no_model.py')],
@@ -272,9 +274,9 @@ def test_run_demo(tmp_path, inputs):
         (['--config', DEMO_CONFIG, '--score-thr', '1.5'],
          ['--score-thr 1.5', 'from 0 to 1'], 1),
         (['--config', DEMO_CONFIG, '--work-dir', str(inputs / 'notes.txt')],
-         ['--work-dir', 'is a file'], 1),
+         ['--work-dir', 'is an existing file'], 1),
         (['--config', DEMO_CONFIG, '--data', str(inputs / 'notes.txt')],
-         ['--data', 'is a file'], 1),
+         ['--data', 'is an existing file'], 1),
     ]
     check_refusals('tools/run_demo.py', cases, tmp_path)
 
@@ -283,16 +285,16 @@ def test_make_parity_fixtures(tmp_path, inputs):
     official = str(inputs / 'official.py')
     cases = [
         ([], ['nothing to write', '--rmt', '--mmpretrain'], 1),
-        (['--rmt', 'RMT/missing.py'], ['--rmt', 'no such file'], 1),
+        (['--rmt', 'RMT/missing.py'], ['--rmt', 'does not exist'], 1),
         (['--rmt', str(inputs / 'empty')], ['--rmt', 'is a folder'], 1),
         (['--rest', str(inputs / 'notes.txt')], ['--rest', '.py file'], 1),
         (['--restv2-seg', official], ['--restv2-seg goes with --restv2'], 1),
         (['--mmpretrain', str(inputs / 'empty')],
          ['--mmpretrain', 'models/backbones/riformer.py'], 1),
         (['--rmt', official, '--out', str(inputs / 'notes.txt')],
-         ['--out', 'is a file'], 1),
+         ['--out', 'is an existing file'], 1),
     ]
     (inputs / 'parity' / 'rmt.pt').mkdir(parents=True)
     cases.append((['--rmt', official, '--out', str(inputs / 'parity')],
-                  ['rmt.pt', 'is a folder'], 1))
+                  ['rmt.pt', 'is an existing folder'], 1))
     check_refusals('tools/make_parity_fixtures.py', cases, tmp_path)

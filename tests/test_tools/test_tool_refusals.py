@@ -4,27 +4,23 @@ unreadable checkpoint (random bytes), a foreign one (a torchvision ResNet-18
 state dict), one of another backbone family (Container-Light weights given
 to an RMT or RIFormer config), a partial one, an impossible shape, an output
 path that is a folder (get_flops and the benchmarks:
-tests/test_tools/test_tool_arguments.py). Each must exit non-zero with one ``error:`` line
-naming the problem, and write nothing; a partial checkpoint passes when
-``--min-coverage`` is lowered (docs/reliability.md).
+tests/test_tools/test_tool_arguments.py). Each must exit non-zero with one
+``error:`` line naming the problem, and write nothing; a partial checkpoint
+passes when ``--min-coverage`` is lowered (docs/reliability.md).
 
-One subprocess per tool runs all its cases (tests/test_tools/tool_driver.py).
+One subprocess per tool runs all its cases (tests/test_tools/_driver.py).
 """
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from tests.test_tools._driver import run_tool_cases
 from tests.utils import REPO_ROOT, tiny_arch
 
 pytestmark = pytest.mark.slow  # one Python start-up and model builds a tool
 
-DRIVER = Path(__file__).with_name('tool_driver.py')
 RMT_DEMO = REPO_ROOT / 'configs' / 'demo' / 'maskrcnn_rmt_t_demo.py'
 RIFORMER_DEMO = (REPO_ROOT / 'configs' / 'demo' /
                  'maskrcnn_riformer_s12_demo.py')
@@ -104,24 +100,13 @@ def files(tmp_path_factory):
 
 def run_cases(tool: str, cases: list, tmp_path: Path) -> dict:
     """Run ``cases`` (name, argv) of ``tool`` in one subprocess, from the
-    repository root (the configs name data/ relative to it)."""
-    spec = [dict(name=name, tool=str(REPO_ROOT / tool), argv=[str(a)
-                                                              for a in argv])
-            for name, argv in cases]
-    cases_file, results_file = tmp_path / 'cases.json', tmp_path / 'res.json'
-    cases_file.write_text(json.dumps(spec))
-    env = dict(os.environ)
-    env.pop('MMVITMIX_DEBUG', None)
-    env['PYTHONPATH'] = os.pathsep.join(
-        [str(REPO_ROOT)] + ([env['PYTHONPATH']] if env.get('PYTHONPATH')
-                            else []))
-    proc = subprocess.run(
-        [sys.executable, str(DRIVER), str(cases_file), str(results_file)],
-        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=900)
-    assert results_file.is_file(), proc.stderr[-3000:]
-    results = json.loads(results_file.read_text())
-    assert list(results) == [name for name, _ in cases], proc.stderr[-3000:]
-    return results
+    repository root (the configs name data/ relative to it); name ->
+    ``{"code", "stdout", "stderr"}``."""
+    results = run_tool_cases(tool, [[str(a) for a in argv]
+                                    for _, argv in cases], cwd=REPO_ROOT,
+                             timeout=900)
+    return {name: dict(code=code, stdout=out, stderr=err)
+            for (name, _), (code, out, err) in zip(cases, results)}
 
 
 def refused(result: dict, *needles: str) -> list:

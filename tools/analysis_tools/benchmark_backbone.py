@@ -52,9 +52,9 @@ from pathlib import Path
 
 import torch
 
-from mmvitmix.utils.bench import (device_name, load_official_models,
-                                  measure_step, memory_cell, run_child,
-                                  time_cell)
+from mmvitmix.utils.bench import (BACKBONE_MODELS, build_official_backbone,
+                                  device_name, measure_step, memory_cell,
+                                  run_child, time_cell)
 from mmvitmix.apis import cli
 from mmvitmix.apis.cli import ToolError, run
 
@@ -65,23 +65,7 @@ INPUTS = {
     'det800x1333': (800, 1333),
     'det800x1344': (800, 1344),  # 800x1333 padded to a multiple of 32
 }
-#: name: (mmvitmix type, arch, official file, official constructor)
-MODELS = {
-    'rmt_t': ('RMT', 't', 'RMT.py', 'RMT_T3'),
-    'rmt_s': ('RMT', 's', 'RMT.py', 'RMT_S'),
-    'rmt_b': ('RMT', 'b', 'RMT.py', 'RMT_M2'),
-    'rmt_l': ('RMT', 'l', 'RMT.py', 'RMT_L6'),
-    'rest_lite': ('ResT', 'lite', 'rest.py', 'rest_lite'),
-    'rest_small': ('ResT', 'small', 'rest.py', 'rest_small'),
-    'rest_base': ('ResT', 'base', 'rest.py', 'rest_base'),
-    'rest_large': ('ResT', 'large', 'rest.py', 'rest_large'),
-    'container_light': ('ContainerLight', 'light', None, None),
-    'riformer_s12': ('RIFormer', 's12', None, None),
-    'riformer_s24': ('RIFormer', 's24', None, None),
-    'riformer_s36': ('RIFormer', 's36', None, None),
-    'riformer_m36': ('RIFormer', 'm36', None, None),
-    'riformer_m48': ('RIFormer', 'm48', None, None),
-}
+MODELS = BACKBONE_MODELS
 #: the backbones of MMDetection's own Swin-T and ResNet-50 detectors
 PEERS = {
     'swin_t':
@@ -131,17 +115,8 @@ def build_backbone(args, model_name, method):
             dict(type=f'mmvitmix.{kind}', arch=arch, drop_path_rate=0.,
                  out_indices=(0, 1, 2, 3)))
         return model, model
-    om = load_official_models(args.official_loader)
-    path = os.path.join(args.official_dir, official_file)
-    if kind == 'RMT':
-        fn = getattr(om.load_rmt_cls(path), ctor)
-        model = fn(None) if 'args' in fn.__code__.co_varnames else fn()
-        for m in model.modules():  # their drop path is on by default
-            if type(m).__name__ == 'DropPath':
-                m.drop_prob = 0.
-    else:
-        model = getattr(om.load_rest_cls(path), ctor)()
-    return model, getattr(model, 'forward_features', model)
+    return build_official_backbone(args.official_loader, args.official_dir,
+                                   model_name)
 
 
 def forward_macs(args, model_name, size):

@@ -31,19 +31,11 @@ from pathlib import Path
 import torch
 
 from mmvitmix.apis.cli import ToolError, run
+from mmvitmix.utils.bench import BACKBONE_MODELS, build_official_backbone
 
 ROOT = Path(__file__).resolve().parents[2]
-#: name: (backbone type, arch, official file, official constructor)
-MODELS = {
-    'rmt_t': ('RMT', 't', 'RMT.py', 'RMT_T3'),
-    'rmt_s': ('RMT', 's', 'RMT.py', 'RMT_S'),
-    'rmt_b': ('RMT', 'b', 'RMT.py', 'RMT_M2'),
-    'rmt_l': ('RMT', 'l', 'RMT.py', 'RMT_L6'),
-    'rest_lite': ('ResT', 'lite', 'rest.py', 'rest_lite'),
-    'rest_small': ('ResT', 'small', 'rest.py', 'rest_small'),
-    'rest_base': ('ResT', 'base', 'rest.py', 'rest_base'),
-    'rest_large': ('ResT', 'large', 'rest.py', 'rest_large'),
-}
+#: the backbones that have official code to compare with
+MODELS = {name: row for name, row in BACKBONE_MODELS.items() if row[2]}
 
 
 def parse_args(argv=None):
@@ -95,18 +87,8 @@ def build(args, code):
         model = getattr(backbones, kind)(
             arch=arch, drop_path_rate=0., out_indices=(0, 1, 2, 3))
         return model, model
-    from mmvitmix.utils.bench import load_official_models
-    om = load_official_models(args.official_loader)
-    path = os.path.join(args.official_dir, official_file)
-    if kind == 'RMT':
-        fn = getattr(om.load_rmt_cls(path), ctor)
-        model = fn(None) if 'args' in fn.__code__.co_varnames else fn()
-        for m in model.modules():  # their drop path is on by default
-            if type(m).__name__ == 'DropPath':
-                m.drop_prob = 0.
-    else:
-        model = getattr(om.load_rest_cls(path), ctor)()
-    return model, getattr(model, 'forward_features', model)
+    return build_official_backbone(args.official_loader, args.official_dir,
+                                   args.model)
 
 
 def stage_of(model):

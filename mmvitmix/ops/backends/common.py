@@ -1,4 +1,5 @@
-"""What every attention backend asks of its inputs (a leaf module)."""
+"""What every attention backend, and every op that recomputes in backward,
+asks of its inputs (a leaf module)."""
 import warnings
 from typing import Sequence
 
@@ -35,3 +36,24 @@ def promoted(*tensors: Tensor):
     for t in tensors[1:]:
         dtype = torch.promote_types(dtype, t.dtype)
     return tuple(t.to(dtype) for t in tensors)
+
+
+def recompute_usable(x: Tensor, params: Sequence, dims: Sequence[int]) -> bool:
+    """Whether an op that keeps less for backward and recomputes the rest
+    (:mod:`mmvitmix.ops.conv_ffn`, :mod:`mmvitmix.ops.norm_linear`) can take
+    ``x`` and ``params`` (None entries skipped): a gradient recorded through
+    one of them, ``x`` contiguous with ``x.dim()`` in ``dims``, all
+    float32/float64 of one dtype, no autocast, no graph being captured."""
+    if not torch.is_grad_enabled():
+        return False
+    tensors = [x, *(p for p in params if p is not None)]
+    if not any(t.requires_grad for t in tensors):
+        return False
+    if x.dim() not in dims or not x.is_contiguous():
+        return False
+    if x.dtype not in (torch.float32, torch.float64) or any(
+            t.dtype != x.dtype for t in tensors):
+        return False
+    if torch.is_autocast_enabled(x.device.type):
+        return False
+    return not export_safe()
