@@ -41,7 +41,9 @@ def test_backend_equals_reference(build, backend, monkeypatch):
     σ ≈ sqrt(eps) when maps are near uniform, and several true gradients are
     exactly 0), so both float32 paths are compared with a float64 run and
     the backend may not be more than 4× further from it than the
-    reference is (plus 1e-6 of the gradient's scale).
+    reference is (plus 1e-6 of the gradient's scale); an exactly-zero
+    gradient, pure rounding on both paths, not more than 4× the largest
+    such rounding of the reference.
     """
     torch.manual_seed(0)
     model = build()
@@ -56,12 +58,21 @@ def test_backend_equals_reference(build, backend, monkeypatch):
     names = [f'out{i}' for i in range(len(exact_outs))] + [
         n for n, p in model.named_parameters() if p.requires_grad
     ]
+    rows = []
     for name, got, ref, exact in zip(names, fused_outs + list(fused_grads),
                                      ref_outs + list(ref_grads),
                                      exact_outs + list(exact_grads)):
-        fused_err = (got.double() - exact).abs().max().item()
-        ref_err = (ref.double() - exact).abs().max().item()
-        bound = 4 * ref_err + 1e-6 * exact.abs().max().item()
+        rows.append((name, (got.double() - exact).abs().max().item(),
+                     (ref.double() - exact).abs().max().item(),
+                     exact.abs().max().item()))
+    # gradients that are exactly zero (a conv bias before BatchNorm): in
+    # float32 they are the rounding of a cancelling sum on every path, so
+    # they are held to the largest such rounding the reference makes
+    zero_noise = max([ref for _, _, ref, scale in rows if scale < 1e-10],
+                     default=0.)
+    for name, fused_err, ref_err, scale in rows:
+        floor = zero_noise if scale < 1e-10 else ref_err
+        bound = 4 * floor + 1e-6 * scale
         assert fused_err <= bound, (name, fused_err, ref_err)
 
 

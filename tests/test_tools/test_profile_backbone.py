@@ -31,7 +31,7 @@ def test_inference_has_no_saved_tensor_table(capsys):
 @pytest.mark.parametrize('argv, message', [
     (['rmt_t', '--size', '-8', '64'], 'at least 32'),
     (['rmt_t', '--size', '16'], 'at least 32'),
-    (['rmt_t', '--threads', '0'], 'at least 1'),
+    (['rmt_t', '--threads', '0'], 'from 1 to'),
     (['rmt_t', '--code', 'official'], 'needs --official-dir'),
     (['rmt_t', '--official-dir', '/nonexistent'], 'does not exist'),
 ])

@@ -130,6 +130,20 @@ def test_benchmark_backbone(tmp_path, inputs):
                    tmp_path)
 
 
+def test_profile_backbone(tmp_path, inputs):
+    tool = 'tools/analysis_tools/profile_backbone.py'
+    cases = [
+        (['rmt_t', '--size', '-8', '64'], ['--size', 'at least 32'], 1),
+        (['rmt_t', '--size', '64', '64', '64'], ['--size', '3 values'], 1),
+        (['rmt_t', '--threads', '0'], ['--threads 0', 'from 1 to'], 1),
+        (['rmt_t', '--code', 'official'], ['--official-dir'], 1),
+        (['rmt_t', '--official-dir', str(inputs / 'empty')],
+         ['--official-dir', "lacks ['RMT.py']"], 1),
+        (['swin_t'], ['invalid choice', 'rmt_t'], 2),
+    ]
+    check_refusals(tool, cases, tmp_path)
+
+
 def test_benchmark_ops(tmp_path):
     base = ['--device', 'cpu']
     cases = [

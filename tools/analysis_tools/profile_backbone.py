@@ -30,6 +30,7 @@ from pathlib import Path
 
 import torch
 
+from mmvitmix.apis import cli
 from mmvitmix.apis.cli import ToolError, run
 from mmvitmix.utils.bench import BACKBONE_MODELS, build_official_backbone
 
@@ -58,11 +59,9 @@ def parse_args(argv=None):
                         default=str(ROOT.parent / 'shared' / 'bench'),
                         help='folder of official_models.py')
     args = parser.parse_args(argv)
-    if len(args.size) > 2 or min(args.size) < 32:
-        raise ToolError(f'--size takes H [W], each at least 32 (the '
-                        f'backbones\' total stride), got {args.size}')
-    if args.threads < 1 or args.top < 1:
-        raise ToolError('--threads and --top must be at least 1')
+    cli.positive_shape('--size', args.size)
+    cli.threads('--threads', args.threads)
+    cli.count('--top', args.top)
     if args.code is None:
         args.code = (['official'] if args.official_dir else []) + [
             'mmvitmix'
@@ -71,9 +70,8 @@ def parse_args(argv=None):
         if not args.official_dir:
             raise ToolError('--code official needs --official-dir (a folder '
                             'with the official RMT.py and rest.py)')
-        path = os.path.join(args.official_dir, MODELS[args.model][2])
-        if not os.path.isfile(path):
-            raise ToolError(f'--official-dir: {path!r} does not exist')
+        cli.existing_dir('--official-dir', args.official_dir,
+                         [MODELS[args.model][2]])
     return args
 
 

@@ -202,16 +202,17 @@ def _shape(value) -> Optional[Tuple[int, ...]]:
 
 
 def _backbone_part(state: Mapping) -> Tuple[dict, bool]:
-    """The backbone's keys: those under ``backbone.`` (whole models), with
-    ``bottom_up.`` (detectron2) and ``module.`` (DataParallel) removed."""
+    """The backbone's keys: those under ``backbone.`` (whole models), then
+    under ``bottom_up.`` (detectron2, whose FPN sits beside it as
+    ``backbone.fpn_*``), with ``module.`` (DataParallel) removed."""
     whole = False
-    if any(k.startswith('backbone.') for k in state):
-        state = {k[len('backbone.'):]: v for k, v in state.items()
-                 if k.startswith('backbone.')}
-        whole = True
-    for prefix in ('module.', 'bottom_up.'):
-        if state and all(k.startswith(prefix) for k in state):
-            state = {k[len(prefix):]: v for k, v in state.items()}
+    for prefix in ('backbone.', 'bottom_up.'):
+        if any(k.startswith(prefix) for k in state):
+            state = {k[len(prefix):]: v for k, v in state.items()
+                     if k.startswith(prefix)}
+            whole = whole or prefix == 'backbone.'
+    if state and all(k.startswith('module.') for k in state):
+        state = {k[len('module.'):]: v for k, v in state.items()}
     return dict(state), whole
 
 
