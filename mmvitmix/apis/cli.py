@@ -255,3 +255,14 @@ def device(option: str, name: str) -> str:
         raise ToolError(f'{option} cuda: torch sees no CUDA device here; '
                         "use 'cpu'")
     return name
+
+
+def timing_args(args) -> None:
+    """The arguments every benchmark tool shares: ``--device``, ``--batch``,
+    ``--threads``, ``--warmup``, ``--repeats``, ``--rounds``."""
+    device('--device', args.device)
+    count('--batch', args.batch)
+    threads('--threads', args.threads)
+    count('--warmup', args.warmup, 0)
+    count('--repeats', args.repeats)
+    count('--rounds', args.rounds)

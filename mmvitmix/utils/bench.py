@@ -167,3 +167,18 @@ def build_official_backbone(loader_folder, official_dir, model_name):
     else:
         model = getattr(om.load_rest_cls(path), ctor)()
     return model, getattr(model, 'forward_features', model)
+
+
+def backbone_step(model, fn, x, train: bool) -> None:
+    """One step of a backbone: ``fn(x)`` without grad, or with ``train``
+    forward + backward of the sum of its outputs (then the gradients are
+    dropped)."""
+    import torch
+    if not train:
+        with torch.no_grad():
+            fn(x)
+        return
+    out = fn(x)
+    outs = out if isinstance(out, (tuple, list)) else [out]
+    sum(o.float().sum() for o in outs).backward()
+    model.zero_grad(set_to_none=True)

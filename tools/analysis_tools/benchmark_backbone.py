@@ -181,12 +181,7 @@ def ratio(times, base):
 
 def check_args(args):
     """Refuse what cannot be measured before any process starts."""
-    cli.device('--device', args.device)
-    cli.count('--batch', args.batch)
-    cli.threads('--threads', args.threads)
-    cli.count('--warmup', args.warmup, 0)
-    cli.count('--repeats', args.repeats)
-    cli.count('--rounds', args.rounds)
+    cli.timing_args(args)
     if args.child is not None:
         return
     for config in args.configs:

@@ -146,12 +146,7 @@ def measure(method, case, args, what):
 
 def check_args(args):
     """Refuse what cannot be measured before any process starts."""
-    cli.device('--device', args.device)
-    cli.count('--batch', args.batch)
-    cli.threads('--threads', args.threads)
-    cli.count('--warmup', args.warmup, 0)
-    cli.count('--repeats', args.repeats)
-    cli.count('--rounds', args.rounds)
+    cli.timing_args(args)
     if args.methods is None:
         args.methods = [m for m in METHODS
                         if m != 'fused' or args.device == 'cuda']

@@ -55,8 +55,8 @@ import torch
 
 from mmvitmix.testing import emsa_error, emsa_inputs, retention_error, \
     rmt_inputs
-from mmvitmix.utils.bench import device_name, load_official_models, \
-    measure_step
+from mmvitmix.utils.bench import backbone_step, device_name, \
+    load_official_models, measure_step
 from mmvitmix.apis import cli
 from mmvitmix.apis.cli import ToolError, run
 
@@ -276,15 +276,8 @@ def time_backbone(args, methods):
             model = model.to(args.device).train(mode == 'fwd+bwd')
             x = torch.randn(batch, 3, *size, device=args.device)
 
-            def step():
-                if mode == 'infer':
-                    with torch.no_grad():
-                        fn(x)
-                    return
-                out = fn(x)
-                outs = out if isinstance(out, (tuple, list)) else [out]
-                sum(o.float().sum() for o in outs).backward()
-                model.zero_grad(set_to_none=True)
+            def step(model=model, fn=fn, x=x):
+                backbone_step(model, fn, x, mode == 'fwd+bwd')
 
             row = _timed_row('backbone', f'RMT-{arch.upper()}',
                              (batch, 3) + size, mode, method, step, args)

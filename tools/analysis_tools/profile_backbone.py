@@ -32,7 +32,8 @@ import torch
 
 from mmvitmix.apis import cli
 from mmvitmix.apis.cli import ToolError, run
-from mmvitmix.utils.bench import BACKBONE_MODELS, build_official_backbone
+from mmvitmix.utils.bench import (BACKBONE_MODELS, backbone_step,
+                                  build_official_backbone)
 
 ROOT = Path(__file__).resolve().parents[2]
 #: the backbones that have official code to compare with
@@ -108,17 +109,6 @@ def stage_of(model):
     return current
 
 
-def step(model, fn, x, train):
-    if not train:
-        with torch.no_grad():
-            fn(x)
-        return
-    out = fn(x)
-    outs = out if isinstance(out, (tuple, list)) else [out]
-    sum(o.float().sum() for o in outs).backward()
-    model.zero_grad(set_to_none=True)
-
-
 def profile(args, code):
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
@@ -127,9 +117,9 @@ def profile(args, code):
     model.train(train)
     size = args.size * 2 if len(args.size) == 1 else args.size
     x = torch.randn(1, 3, *size)
-    step(model, fn, x, train)
+    backbone_step(model, fn, x, train)
     with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
-        step(model, fn, x, train)
+        backbone_step(model, fn, x, train)
     print(f'## {args.model} ({code}), {size[0]}x{size[1]}, {args.mode}, '
           f'{args.threads} thread(s)')
     print(prof.key_averages().table(
