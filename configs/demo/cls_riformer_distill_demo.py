@@ -8,7 +8,7 @@
 #   python tools/dataset_converters/make_demo_cls.py --out data/demo/cls
 #   python tools/train.py configs/demo/cls_poolformer_teacher_demo.py
 #   python tools/train.py configs/demo/cls_riformer_distill_demo.py
-# The log shows loss_kd, loss_mi_in and loss_mi_out. The checkpoint is the
+# The log shows loss_kd, loss_mi_in, loss_mi_out and loss_mi_rel. The checkpoint is the
 # student's alone: it loads into cls_riformer_demo.py, e.g.
 #   python tools/deploy/reparameterize.py configs/demo/cls_riformer_demo.py \
 #       work_dirs/demo_cls_riformer_distill/epoch_15.pth riformer_deploy.pth
@@ -37,6 +37,11 @@ model = dict(
         type='mmvitmix.ModuleImitationLoss', loss_weight=1.0),
     imitation_out_loss=dict(
         type='mmvitmix.ModuleImitationLoss', loss_weight=1.0),
+    imitation_rel_loss=dict(
+        type='mmvitmix.RelationImitationLoss', relation='token',
+        loss_weight=1.0),
+    # L_in on the blocks' outputs, the paper's block-level form
+    imitation_in_features='block_output',
     imitation_pairs='auto',
     use_gt=False,
     init_student_from_teacher=True)

@@ -9,8 +9,10 @@
 # paper's GFNet-H-B, which MMPretrain does not have: PoolFormer has the same
 # macro structure, so every block's token mixer (pooling) pairs with the
 # student's affine token mixer and its weights initialise the student.
-# The loss weights and the temperature are NOT the paper's (its text that
-# could be read does not give them): see docs/riformer.md.
+# The objective has the paper's form, L_soft + λ1·L_in + λ2·L_out + λ3·L_rel
+# (loss_kd, loss_mi_in, loss_mi_out, loss_mi_rel in the log). The weights λ,
+# the temperature and the relation's normalisation are NOT the paper's
+# values, which could not be read: see docs/riformer.md.
 # The schedule is MMPretrain's RIFormer recipe (riformer_s12_in1k_cls.py).
 #
 #   F=poolformer-s12_3rdparty_32xb128_in1k_20220414-f8d83051.pth
@@ -40,6 +42,11 @@ model = dict(
         type='mmvitmix.ModuleImitationLoss', loss_weight=1.0),
     imitation_out_loss=dict(
         type='mmvitmix.ModuleImitationLoss', loss_weight=1.0),
+    imitation_rel_loss=dict(
+        type='mmvitmix.RelationImitationLoss', relation='token',
+        loss_weight=1.0),
+    # L_in on the blocks' outputs, the paper's block-level form
+    imitation_in_features='block_output',
     imitation_pairs='auto',
     use_gt=False,
     # guideline 5: every student weight from the teacher but the affine

@@ -22,7 +22,8 @@ from mmpretrain.utils import register_all_modules  # noqa: E402
 
 import mmvitmix.models  # noqa: E402,F401
 from mmvitmix.models import RIFormer  # noqa: E402
-from mmvitmix.models.losses import KDLoss, ModuleImitationLoss  # noqa: E402
+from mmvitmix.models.losses import (  # noqa: E402
+    KDLoss, ModuleImitationLoss, RelationImitationLoss)
 from mmvitmix.registry import MODELS  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
@@ -92,6 +93,68 @@ def test_module_imitation_loss_by_hand():
     assert loss(student, teacher).item() == pytest.approx(6.5)
 
 
+def direct_relation(s, t, relation='token'):
+    """The relation loss with the matrices formed, in float64."""
+    s, t = s.double(), t.double()
+    if s.dim() == 4:
+        s, t = s.flatten(2).transpose(1, 2), t.flatten(2).transpose(1, 2)
+    if relation == 'channel':
+        rs = s.transpose(1, 2) @ s / s.shape[1]
+        rt = t.transpose(1, 2) @ t / t.shape[1]
+    else:
+        rs = s @ s.transpose(1, 2) / s.shape[2]
+        rt = t @ t.transpose(1, 2) / t.shape[2]
+    return ((rs - rt)**2).mean()
+
+
+def test_relation_loss_by_hand():
+    # one image, two tokens, one channel: R = T Tᵀ / 1
+    s = torch.tensor([[[1.], [2.]]])  # R(s) = [[1, 2], [2, 4]]
+    t = torch.tensor([[[1.], [0.]]])  # R(t) = [[1, 0], [0, 0]]
+    # differences 0, 2, 2, 4: mean of squares (0 + 4 + 4 + 16) / 4 = 6
+    loss = RelationImitationLoss(loss_weight=0.5)
+    assert loss(s, t).item() == pytest.approx(3.0)
+    # channel relation: R = Tᵀ T / N: 5 / 2 against 1 / 2, squared: 4
+    loss = RelationImitationLoss(relation='channel')
+    assert loss(s, t).item() == pytest.approx(4.0)
+
+
+@pytest.mark.parametrize('relation, cs, ct', [
+    ('token', 8, 8), ('token', 8, 12), ('channel', 8, 8)])
+def test_relation_loss_matches_the_formed_matrices(relation, cs, ct):
+    """The N × N matrices are never formed; value and gradient agree with
+    the direct form in float64, for maps and tokens, several pairs."""
+    torch.manual_seed(0)
+    loss = RelationImitationLoss(relation=relation, loss_weight=1.5)
+    s = [torch.randn(2, cs, 5, 6, dtype=torch.float64, requires_grad=True),
+         torch.randn(2, 7, cs, dtype=torch.float64, requires_grad=True)]
+    t = [torch.randn(2, ct, 5, 6, dtype=torch.float64),
+         torch.randn(2, 7, ct, dtype=torch.float64)]
+    got = loss(s, t)
+    want = 1.5 * torch.stack(
+        [direct_relation(a, b, relation) for a, b in zip(s, t)]).mean()
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=0)
+    g_got = torch.autograd.grad(got, s)
+    g_want = torch.autograd.grad(want, s)
+    for a, b in zip(g_got, g_want):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-14)
+    assert torch.autograd.gradcheck(
+        lambda a: loss([a], [t[1]]), (s[1].detach().requires_grad_(), ))
+
+
+def test_relation_loss_float32_without_cancellation():
+    # a student close to its teacher at a real RIFormer-S12 stage-1 size
+    # (56 x 56 tokens, 64 channels): float32 keeps the small difference
+    torch.manual_seed(0)
+    t = torch.randn(2, 64, 56, 56)
+    s = t + 1e-3 * torch.randn_like(t)
+    got = RelationImitationLoss()(s, t).item()
+    assert got == pytest.approx(direct_relation(s, t).item(), rel=1e-4)
+    # half precision inputs are computed in float32
+    got16 = RelationImitationLoss()(s.bfloat16(), t.bfloat16())
+    assert got16.dtype == torch.float32
+
+
 @pytest.mark.parametrize('kwargs, error', [
     (dict(mode='kl'), "mode must be one of \\('soft', 'hard'\\)"),
     (dict(tau=0), 'tau'),
@@ -109,6 +172,18 @@ def test_losses_reject_mismatched_shapes():
         ModuleImitationLoss()([torch.zeros(1, 2)], [torch.zeros(1, 3)])
     with pytest.raises(ValueError, match='as many teacher as student'):
         ModuleImitationLoss()([torch.zeros(1)], [])
+    with pytest.raises(ValueError, match='same batch and number of tokens'):
+        RelationImitationLoss()(torch.zeros(1, 4, 3, 3),
+                                torch.zeros(1, 4, 3, 2))
+    with pytest.raises(ValueError, match='same batch, tokens and channels'):
+        RelationImitationLoss(relation='channel')(torch.zeros(1, 4, 3, 3),
+                                                  torch.zeros(1, 5, 3, 3))
+    with pytest.raises(ValueError, match='must be \\(B, C, H, W\\) maps'):
+        RelationImitationLoss()(torch.zeros(4), torch.zeros(4))
+    with pytest.raises(ValueError,
+                       match="relation must be one of \\('token', "
+                       "'channel'\\), got 'pixel'"):
+        RelationImitationLoss(relation='pixel')
 
 
 def test_losses_are_registered():
@@ -116,6 +191,9 @@ def test_losses_are_registered():
     assert isinstance(
         PRETRAIN_MODELS.build(dict(type='mmvitmix.ModuleImitationLoss')),
         ModuleImitationLoss)
+    assert isinstance(
+        PRETRAIN_MODELS.build(dict(type='mmvitmix.RelationImitationLoss')),
+        RelationImitationLoss)
 
 
 # --------------------------------------------------------------------------
@@ -183,15 +261,21 @@ def test_every_loss_term_reaches_the_student():
     model.train()
     x = torch.randn(2, 3, 64, 64)
     losses = model(x, samples([0, 2]), mode='loss')
-    assert set(losses) == {'loss_kd', 'loss_mi_in', 'loss_mi_out'}
+    assert set(losses) == {
+        'loss_kd', 'loss_mi_in', 'loss_mi_out', 'loss_mi_rel'}
     params = student_params(model)
     # the part of the student each term must reach at least
     reaches = {
         'loss_kd': ['head.fc.weight', 'backbone.stem.weight'],
         'loss_mi_in': ['backbone.stem.weight',
-                       'backbone.stages.0.blocks.0.norm1.weight'],
+                       'backbone.stages.0.blocks.0.norm1.weight',
+                       'backbone.stages.3.blocks.0.token_mixer.weight',
+                       'backbone.stages.3.blocks.0.ffn.fc2.weight'],
         'loss_mi_out': ['backbone.stages.0.blocks.0.token_mixer.weight',
                         'backbone.stages.3.blocks.0.token_mixer.bias'],
+        'loss_mi_rel': ['backbone.stem.weight',
+                        'backbone.stages.3.blocks.0.token_mixer.weight',
+                        'backbone.stages.3.blocks.0.ffn.fc2.weight'],
     }
     for key, names in reaches.items():
         assert losses[key].requires_grad, key
@@ -201,7 +285,19 @@ def test_every_loss_term_reaches_the_student():
             allow_unused=True)
         for name, grad in zip(names, grads):
             assert grad is not None and grad.abs().max() > 0, (key, name)
-    # the last block's mixer feeds no imitated input: no gradient there
+    # nothing reaches the head but the logit distillation
+    for key in ('loss_mi_in', 'loss_mi_out', 'loss_mi_rel'):
+        grad = torch.autograd.grad(
+            losses[key], params['head.fc.weight'], retain_graph=True,
+            allow_unused=True)[0]
+        assert grad is None or grad.abs().max() == 0, key
+    # matching the mixers' inputs instead (the paper's form before its
+    # block-level simplification): the last block's mixer feeds no
+    # imitated input, so no gradient reaches it
+    model = build(imitation_in_features='mixer_input')
+    model.train()
+    losses = model(x, samples([0, 2]), mode='loss')
+    params = student_params(model)
     grad = torch.autograd.grad(
         losses['loss_mi_in'],
         params['backbone.stages.3.blocks.0.token_mixer.weight'],
@@ -212,8 +308,10 @@ def test_every_loss_term_reaches_the_student():
 def test_ground_truth_loss_only_when_asked():
     model = build(use_gt=True)
     losses = model(torch.randn(2, 3, 64, 64), samples([0, 1]), mode='loss')
-    assert set(losses) == {'loss', 'loss_kd', 'loss_mi_in', 'loss_mi_out'}
-    model = build(imitation_in_loss=None, imitation_out_loss=None)
+    assert set(losses) == {
+        'loss', 'loss_kd', 'loss_mi_in', 'loss_mi_out', 'loss_mi_rel'}
+    model = build(imitation_in_loss=None, imitation_out_loss=None,
+                  imitation_rel_loss=None)
     assert model.imitation_pairs == []
     losses = model(torch.randn(2, 3, 64, 64), samples([0, 1]), mode='loss')
     assert set(losses) == {'loss_kd'}
@@ -243,34 +341,73 @@ def test_module_imitation_pairs_and_hand_computed_first_block():
          'backbone.network.6.0.token_mixer'),
     ]
     torch.manual_seed(1)
+    with torch.no_grad():
+        # layer scales away from their 1e-5 init, so that the block outputs
+        # differ from the block inputs
+        for name, param in list(model.named_parameters()) + list(
+                model.teacher.named_parameters()):
+            if 'gamma' in name or 'layer_scale' in name:
+                param.uniform_(0.5, 1.5)
     x = torch.randn(2, 3, 64, 64)
     losses = model(x, samples([0, 1]), mode='loss')
-    s_in, t_in, s_out, t_out = model.imitation_features()
+    feats = model.imitation_features()
+    s_in, t_in = feats['mixer_input']
+    s_out, t_out = feats['mixer_output']
+    s_blk, t_blk = feats['block_output']
     assert len(s_in) == len(t_in) == len(s_out) == len(t_out) == 5
+    assert len(s_blk) == len(t_blk) == 5
 
     with torch.no_grad():
         # student, first block: y = norm1(stem(x)), mixer a ⊙ y + b − y
         block = model.backbone.stages[0].blocks[0]
-        y = block.norm1(model.backbone.stem(x))
+        x0 = model.backbone.stem(x)
+        y = block.norm1(x0)
         a = block.token_mixer.weight.view(1, -1, 1, 1)
         b = block.token_mixer.bias.view(1, -1, 1, 1)
         torch.testing.assert_close(s_in[0], y)
         torch.testing.assert_close(s_out[0], a * y + b - y)
+        # and the block's output, T^(m+1) = x1 + γ2 ⊙ ffn(norm2(x1)) with
+        # x1 = x0 + γ1 ⊙ mixer(y)
+        x1 = x0 + block.gamma1.view(1, -1, 1, 1) * (a * y + b - y)
+        out = x1 + block.gamma2.view(1, -1, 1, 1) * block.ffn(block.norm2(x1))
+        torch.testing.assert_close(s_blk[0], out)
         # teacher, first block: y = norm1(patch_embed(x)), pool(y) − y
         tb = model.teacher.backbone
         block = tb.network[0][0]
-        y = block.norm1(tb.patch_embed(x))
+        x0 = tb.patch_embed(x)
+        y = block.norm1(x0)
         pooled = F.avg_pool2d(y, 3, 1, 1, count_include_pad=False)
         torch.testing.assert_close(t_in[0], y)
         torch.testing.assert_close(t_out[0], pooled - y)
-        # the losses: mean over the pairs of the element-wise mean square
+        x1 = x0 + block.layer_scale_1.view(1, -1, 1, 1) * (pooled - y)
+        out = x1 + block.layer_scale_2.view(1, -1, 1, 1) * block.mlp(
+            block.norm2(x1))
+        torch.testing.assert_close(t_blk[0], out)
+        # the last pair's block is the backbone's last block
+        torch.testing.assert_close(
+            s_blk[4], model.backbone.stages[3].blocks[0](
+                model.backbone.stages[3].downsample(s_blk[3])))
+        # the losses: L_in on the block outputs, L_out on the mixer
+        # outputs, each the mean over the pairs of the element-wise mean
+        # square; L_rel on the token relations of the block outputs
         want_in = np.mean([float(((s - t)**2).mean())
-                           for s, t in zip(s_in, t_in)])
+                           for s, t in zip(s_blk, t_blk)])
         want_out = np.mean([float(((s - t)**2).mean())
                             for s, t in zip(s_out, t_out)])
+        want_rel = np.mean([float(direct_relation(s, t))
+                            for s, t in zip(s_blk, t_blk)])
     assert losses['loss_mi_in'].item() == pytest.approx(want_in, rel=1e-5)
     assert losses['loss_mi_out'].item() == pytest.approx(want_out, rel=1e-5)
-    assert not any(t.requires_grad for t in t_in + t_out)
+    assert losses['loss_mi_rel'].item() == pytest.approx(want_rel, rel=1e-4)
+    assert not any(t.requires_grad for t in t_in + t_out + t_blk)
+    # the paper's form before its simplification: the mixers' inputs
+    model.imitation_in_features = 'mixer_input'
+    losses = model(x, samples([0, 1]), mode='loss')
+    with torch.no_grad():
+        s_in, t_in = model.imitation_features()['mixer_input']
+        want = np.mean([float(((s - t)**2).mean())
+                        for s, t in zip(s_in, t_in)])
+    assert losses['loss_mi_in'].item() == pytest.approx(want, rel=1e-5)
 
 
 def test_explicit_imitation_pairs():
@@ -279,8 +416,10 @@ def test_explicit_imitation_pairs():
     model = build(imitation_pairs=pairs)
     assert model.imitation_pairs == [tuple(p) for p in pairs]
     model(torch.randn(1, 3, 64, 64), samples([0]), mode='loss')
-    s_in, t_in, _, _ = model.imitation_features()
-    assert s_in[0].shape == t_in[0].shape == (1, 64, 4, 4)
+    feats = model.imitation_features()
+    for kind in ('mixer_input', 'mixer_output', 'block_output'):
+        s, t = feats[kind]
+        assert s[0].shape == t[0].shape == (1, 64, 4, 4), kind
 
 
 @pytest.mark.parametrize('overrides, error', [
@@ -291,6 +430,11 @@ def test_explicit_imitation_pairs():
      "the teacher has no module 'nope'"),
     (dict(imitation_pairs='first'), 'must be "auto" or a non-empty list'),
     (dict(imitation_pairs=[('only_one', )]), 'must be \\(student_module'),
+    (dict(imitation_pairs=[('backbone', 'backbone.network.0.0.token_mixer')]
+          ), "student module 'backbone' has no parent block"),
+    (dict(imitation_in_features='mixer_output'),
+     "imitation_in_features must be one of \\('block_output', "
+     "'mixer_input'\\), got 'mixer_output'"),
 ])
 def test_bad_imitation_pairs(overrides, error):
     with pytest.raises(ValueError, match=error):
@@ -408,17 +552,20 @@ def test_distillation_steps_lower_the_losses(tmp_path):
     model.train()
     optim = torch.optim.AdamW(model.parameters(), lr=3e-3)
     history = []
-    for step in range(30):
+    for step in range(80):
         idx = torch.arange(step * 32, step * 32 + 32) % len(x)
         losses = model(x[idx], samples(y[idx]), mode='loss')
         optim.zero_grad()
         sum(losses.values()).backward()
         optim.step()
         history.append({k: v.item() for k, v in losses.items()})
-    for key in ('loss_kd', 'loss_mi_in', 'loss_mi_out'):
+    for key in ('loss_kd', 'loss_mi_in', 'loss_mi_out', 'loss_mi_rel'):
         first = np.mean([h[key] for h in history[:3]])
         last = np.mean([h[key] for h in history[-3:]])
-        assert last < 0.7 * first, (key, first, last)
+        # the student's features start near zero (its stem and
+        # downsampling are freshly initialised), so the block-output terms
+        # fall slowest: 0.264 -> 0.188 and 0.088 -> 0.066 here
+        assert last < 0.8 * first, (key, first, last)
 
 
 # --------------------------------------------------------------------------

@@ -3,7 +3,7 @@
 ``tools/train.py configs/demo/cls_poolformer_teacher_demo.py`` trains the
 teacher, ``tools/train.py configs/demo/cls_riformer_distill_demo.py`` distils
 the student from its checkpoint (the log names ``loss_kd``, ``loss_mi_in``,
-``loss_mi_out``), and ``tools/deploy/reparameterize.py`` folds the student's
+``loss_mi_out``, ``loss_mi_rel``), and ``tools/deploy/reparameterize.py`` folds the student's
 checkpoint with the plain student config. Two iterations each on 64 of the
 bundled shape crops; the accuracy the full demo reaches is in
 docs/riformer.md, not asserted here.
@@ -66,7 +66,7 @@ def test_distill_demo_trains_logs_losses_and_reparameterizes(tmp_path):
     assert teacher_ckpt.is_file()
     log = _train(DEMO / 'cls_riformer_distill_demo.py', tmp_path / 'student',
                  data, f'model.teacher_ckpt={teacher_ckpt}')
-    for name in ('loss_kd', 'loss_mi_in', 'loss_mi_out'):
+    for name in ('loss_kd', 'loss_mi_in', 'loss_mi_out', 'loss_mi_rel'):
         values = re.findall(rf'{name}: ([0-9.]+)', log)
         assert values, f'{name} not in the training log'
     assert 'copied' in log and 'from the teacher' in log

@@ -4,16 +4,20 @@ RIFormer (Wang et al., CVPR 2023, https://arxiv.org/abs/2304.05659) trains
 its token-mixer-free student with a teacher that has token mixers: logit
 distillation (soft targets, without the ground-truth labels, guideline 1)
 plus *module imitation*, which makes every train-time affine token mixer
-behave like the teacher's token mixer at the same place (guideline 3).
-See ``docs/riformer.md`` for what comes from the paper and what does not.
+behave like the teacher's token mixer at the same place (guideline 3). The
+objective has the paper's form ``L_soft + λ1 L_in + λ2 L_out + λ3 L_rel``:
+``L_in`` on the blocks' outputs (the paper's block-level form of matching
+the token mixers' inputs), ``L_out`` on the token mixers' outputs and
+``L_rel`` on the relation matrices of the blocks' outputs. See
+``docs/riformer.md`` for what comes from the paper and what does not.
 
 :class:`RIFormerDistiller` is MMPretrain's ``ImageClassifier`` (the student:
 backbone, neck, head, data preprocessor) plus a frozen teacher classifier.
 In ``mode='loss'`` it runs the teacher (no gradient, eval mode) and the
 student on the same batch, records the inputs and outputs of the paired
-token mixers through forward hooks, and returns the named losses
-``loss_kd``, ``loss_mi_in``, ``loss_mi_out`` (and ``loss`` of the head when
-``use_gt=True``). ``predict`` and ``tensor`` are the student's alone.
+token mixers and the outputs of their blocks through forward hooks, and
+returns the named losses ``loss_kd``, ``loss_mi_in``, ``loss_mi_out``,
+``loss_mi_rel`` (and ``loss`` of the head when ``use_gt=True``). ``predict`` and ``tensor`` are the student's alone.
 
 The teacher is kept outside the module tree: it is not in ``state_dict()``
 (a checkpoint written during distillation is the student's, and loads
@@ -39,6 +43,7 @@ from mmvitmix.utils import allow_mmengine_checkpoints
 from ..backbones.riformer import AffineTokenMixer
 
 ModuleOrCfg = Union[nn.Module, dict, str]
+IN_FEATURES = ('block_output', 'mixer_input')
 
 
 def build_teacher(teacher: ModuleOrCfg,
@@ -97,15 +102,28 @@ class RIFormerDistiller(ImageClassifier):
         distill_loss (dict | None): logit distillation loss, called as
             ``loss(student_logits, teacher_logits)``; logged as
             ``loss_kd``. Default: soft ``mmvitmix.KDLoss`` (τ = 1).
-        imitation_in_loss (dict | None): loss on the paired token mixers'
-            inputs (``norm1(x)`` of the block), called with the lists of
-            student and teacher inputs; logged as ``loss_mi_in``. None
+        imitation_in_loss (dict | None): the paper's ``L_in``, called with
+            the lists of student and teacher features chosen by
+            ``imitation_in_features``; logged as ``loss_mi_in``. None
             switches it off. Default: ``mmvitmix.ModuleImitationLoss``.
-        imitation_out_loss (dict | None): likewise on the token mixers'
-            outputs (the residual branch before layer scale: ``a ⊙ y + b −
-            y`` in the student, e.g. ``pool(y) − y`` in a PoolFormer
-            teacher); logged as ``loss_mi_out``. Default:
+        imitation_in_features (str): what ``L_in`` matches.
+            ``'block_output'``: the output of each paired token mixer's
+            block (its parent module), the paper's block-level form
+            ``‖T_s^(m+1) − T_t^(m+1)‖²``, which also matches the next
+            block's token-mixer input before its norm. ``'mixer_input'``:
+            the token mixers' inputs (``norm1(x)`` of the block), the
+            paper's form before that simplification. Default:
+            ``'block_output'``.
+        imitation_out_loss (dict | None): the paper's ``L_out`` on the
+            token mixers' outputs (the residual branch before layer scale:
+            ``a ⊙ y + b − y`` in the student, e.g. ``pool(y) − y`` in a
+            PoolFormer teacher); logged as ``loss_mi_out``. Default:
             ``mmvitmix.ModuleImitationLoss``.
+        imitation_rel_loss (dict | None): the paper's ``L_rel`` on the
+            blocks' outputs, called with the lists of student and teacher
+            block outputs; logged as ``loss_mi_rel``. Default:
+            ``mmvitmix.RelationImitationLoss`` (token relation
+            ``T Tᵀ / C``).
         imitation_pairs (str | Sequence[Sequence[str]]): which modules
             imitate which. ``'auto'``: the student's affine token mixers in
             order, paired with the teacher's modules named ``token_mixer``
@@ -142,6 +160,10 @@ class RIFormerDistiller(ImageClassifier):
                      type='mmvitmix.ModuleImitationLoss', loss_weight=1.0),
                  imitation_out_loss: Optional[dict] = dict(
                      type='mmvitmix.ModuleImitationLoss', loss_weight=1.0),
+                 imitation_rel_loss: Optional[dict] = dict(
+                     type='mmvitmix.RelationImitationLoss', relation='token',
+                     loss_weight=1.0),
+                 imitation_in_features: str = 'block_output',
                  imitation_pairs: Union[str, Sequence[Sequence[str]]] = 'auto',
                  use_gt: bool = False,
                  init_student_from_teacher: bool = False,
@@ -163,8 +185,13 @@ class RIFormerDistiller(ImageClassifier):
         if not isinstance(use_gt, bool):
             raise TypeError(f'RIFormerDistiller: use_gt must be a bool, got '
                             f'{use_gt!r}')
+        if imitation_in_features not in IN_FEATURES:
+            raise ValueError(
+                'RIFormerDistiller: imitation_in_features must be one of '
+                f'{IN_FEATURES}, got {imitation_in_features!r}')
         if distill_loss is None and not use_gt and \
-                imitation_in_loss is None and imitation_out_loss is None:
+                imitation_in_loss is None and imitation_out_loss is None \
+                and imitation_rel_loss is None:
             raise ValueError('RIFormerDistiller: every loss is switched '
                              'off; set distill_loss, an imitation loss or '
                              'use_gt=True')
@@ -180,11 +207,17 @@ class RIFormerDistiller(ImageClassifier):
         self.distill_loss = self._build_loss(distill_loss)
         self.imitation_in_loss = self._build_loss(imitation_in_loss)
         self.imitation_out_loss = self._build_loss(imitation_out_loss)
+        self.imitation_rel_loss = self._build_loss(imitation_rel_loss)
+        self.imitation_in_features = imitation_in_features
         self.imitation_pairs: List[Tuple[str, str]] = []
-        self._records: Dict[str, list] = dict(student=[], teacher=[])
+        self._records: Dict[str, Dict[str, list]] = {
+            side: dict(mixer=[], block=[])
+            for side in ('student', 'teacher')
+        }
         self._recording: Optional[str] = None
-        if self.imitation_in_loss is not None or \
-                self.imitation_out_loss is not None:
+        if any(loss is not None for loss in (self.imitation_in_loss,
+                                             self.imitation_out_loss,
+                                             self.imitation_rel_loss)):
             self.imitation_pairs = self._resolve_pairs(imitation_pairs)
             self._add_hooks()
             print_log(
@@ -263,18 +296,36 @@ class RIFormerDistiller(ImageClassifier):
             result.append((s_name, t_name))
         return result
 
+    @staticmethod
+    def _block_of(side: str, name: str, modules: Dict[str, nn.Module]) -> str:
+        """The module whose output is the imitated module's block output."""
+        if '.' not in name:
+            raise ValueError(
+                f'RIFormerDistiller: the {side} module {name!r} has no '
+                'parent block; imitation pairs name token mixers inside '
+                'blocks, e.g. "backbone.stages.0.blocks.0.token_mixer"')
+        return name.rsplit('.', 1)[0]
+
     def _add_hooks(self) -> None:
         student = dict(self.named_modules())
         teacher = dict(self.teacher.named_modules())
         for s_name, t_name in self.imitation_pairs:
-            student[s_name].register_forward_hook(self._recorder('student'))
-            teacher[t_name].register_forward_hook(self._recorder('teacher'))
+            for side, name, modules in (('student', s_name, student),
+                                        ('teacher', t_name, teacher)):
+                modules[name].register_forward_hook(
+                    self._recorder(side, 'mixer'))
+                block = self._block_of(side, name, modules)
+                modules[block].register_forward_hook(
+                    self._recorder(side, 'block'))
 
-    def _recorder(self, side: str):
+    def _recorder(self, side: str, kind: str):
 
         def hook(module, inputs, output):
             if self._recording == side:
-                self._records[side].append((inputs[0], output))
+                if kind == 'mixer':
+                    self._records[side][kind].append((inputs[0], output))
+                else:
+                    self._records[side][kind].append(output)
 
         return hook
 
@@ -349,7 +400,7 @@ class RIFormerDistiller(ImageClassifier):
     # ------------------------------------------------------------------
 
     def _run(self, side: str, fn):
-        self._records[side] = []
+        self._records[side] = dict(mixer=[], block=[])
         self._recording = side
         try:
             return fn()
@@ -367,21 +418,33 @@ class RIFormerDistiller(ImageClassifier):
                 '(use a classifier with a plain classification head)')
         return logits
 
-    def imitation_features(self) -> Tuple[list, list, list, list]:
-        """Recorded (student_in, teacher_in, student_out, teacher_out).
+    def imitation_features(self) -> Dict[str, Tuple[list, list]]:
+        """The recorded features, as ``(student, teacher)`` lists.
 
-        Valid after :meth:`loss`; one entry per imitation pair, in order.
+        Keys: ``'mixer_input'`` and ``'mixer_output'`` (the paired token
+        mixers' input and output) and ``'block_output'`` (the output of
+        their blocks). Valid after :meth:`loss`; one entry per imitation
+        pair, in order.
         """
-        s_rec, t_rec = self._records['student'], self._records['teacher']
         n = len(self.imitation_pairs)
-        if len(s_rec) != n or len(t_rec) != n:
-            raise RuntimeError(
-                f'RIFormerDistiller: expected one call of each of the {n} '
-                f'imitated modules per forward, recorded {len(s_rec)} '
-                f'(student) and {len(t_rec)} (teacher); a module called '
-                'more than once (shared) cannot be paired')
-        return ([r[0] for r in s_rec], [r[0] for r in t_rec],
-                [r[1] for r in s_rec], [r[1] for r in t_rec])
+        for kind in ('mixer', 'block'):
+            s_rec = self._records['student'][kind]
+            t_rec = self._records['teacher'][kind]
+            if len(s_rec) != n or len(t_rec) != n:
+                what = 'imitated modules' if kind == 'mixer' else 'blocks'
+                raise RuntimeError(
+                    f'RIFormerDistiller: expected one call of each of the '
+                    f'{n} {what} per forward, recorded {len(s_rec)} '
+                    f'(student) and {len(t_rec)} (teacher); a module called '
+                    'more than once (shared) cannot be paired')
+        s_mix, t_mix = self._records['student']['mixer'], \
+            self._records['teacher']['mixer']
+        return {
+            'mixer_input': ([r[0] for r in s_mix], [r[0] for r in t_mix]),
+            'mixer_output': ([r[1] for r in s_mix], [r[1] for r in t_mix]),
+            'block_output': (list(self._records['student']['block']),
+                             list(self._records['teacher']['block'])),
+        }
 
     def loss(self, inputs: Tensor, data_samples) -> Dict[str, Tensor]:
         """The named losses of one batch (see the class docstring)."""
@@ -394,15 +457,21 @@ class RIFormerDistiller(ImageClassifier):
         if self.distill_loss is not None:
             losses['loss_kd'] = self.distill_loss(logits, teacher_logits)
         if self.imitation_pairs:
-            s_in, t_in, s_out, t_out = self.imitation_features()
+            feats = self.imitation_features()
             if self.imitation_in_loss is not None:
-                losses['loss_mi_in'] = self.imitation_in_loss(s_in, t_in)
+                losses['loss_mi_in'] = self.imitation_in_loss(
+                    *feats[self.imitation_in_features])
             if self.imitation_out_loss is not None:
-                losses['loss_mi_out'] = self.imitation_out_loss(s_out, t_out)
+                losses['loss_mi_out'] = self.imitation_out_loss(
+                    *feats['mixer_output'])
+            if self.imitation_rel_loss is not None:
+                losses['loss_mi_rel'] = self.imitation_rel_loss(
+                    *feats['block_output'])
         return losses
 
     def extra_repr(self) -> str:
         return (f'teacher={type(self.teacher).__name__} (frozen, not saved), '
                 f'imitation_pairs={len(self.imitation_pairs)}, '
+                f'imitation_in_features={self.imitation_in_features!r}, '
                 f'use_gt={self.use_gt}')
 

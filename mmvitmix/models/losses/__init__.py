@@ -1,4 +1,8 @@
 """Distillation losses (used by :mod:`mmvitmix.models.classifiers`)."""
-from .distill_losses import KD_MODES, KDLoss, ModuleImitationLoss
+from .distill_losses import (KD_MODES, RELATIONS, KDLoss, ModuleImitationLoss,
+                             RelationImitationLoss)
 
-__all__ = ['KD_MODES', 'KDLoss', 'ModuleImitationLoss']
+__all__ = [
+    'KD_MODES', 'RELATIONS', 'KDLoss', 'ModuleImitationLoss',
+    'RelationImitationLoss'
+]
