@@ -242,6 +242,17 @@ def check_min_coverage(value, owner: str = 'min_coverage') -> float:
     return float(value)
 
 
+def _share_floor(share: float) -> str:
+    """``share`` rounded down to two significant decimals, never to 0: a
+    threshold the share itself passes (0.75 for 0.7583, 0.0037 for 0.00371).
+    """
+    decimals = 2
+    if 0 < share < 0.01:
+        decimals = 1 - math.floor(math.log10(share))
+    scale = 10**decimals
+    return f'{math.floor(share * scale) / scale:.{decimals}f}'
+
+
 def check_coverage(model: nn.Module,
                    state: Mapping,
                    source: str,
@@ -264,7 +275,8 @@ def check_coverage(model: nn.Module,
             'backbone').
         ignore: parameter keys not counted (see :func:`measure_coverage`).
         opt_in: how to accept a partial load, with ``{share}`` for the
-            share rounded down to two decimals.
+            share rounded down to two decimals (two significant ones
+            below 0.01).
         file_state: the state as the file holds it, for
             :func:`_describe` (default ``state``).
 
@@ -287,7 +299,7 @@ def check_coverage(model: nn.Module,
             f'Missing: {_names(cov.missing, _SHOW_MISSING)}'
             f'{_details(cov)}{is_text}')
     if cov.share < min_coverage:
-        share = f'{math.floor(cov.share * 100) / 100:.2f}'
+        share = _share_floor(cov.share)
         raise CheckpointError(
             f'{owner}: {source} provides {cov.share:.1%} of the {what}\'s '
             f'parameters ({len(cov.missing)} of {cov.num_params} tensors '

@@ -143,6 +143,24 @@ def test_coverage_refusals():
     assert check_coverage(model, other, 'x.pth', 0.75).loaded == 100
 
 
+def test_small_share_gets_a_usable_threshold():
+    # a file with under 1 % of the model: the suggested --min-coverage is
+    # not 0.00 (which reads as "load anything") but the share, rounded down
+    # 2.0 %: two decimals, as for any share from 0.01 up
+    model = nn.Sequential(nn.Linear(100, 100), nn.Linear(100, 2))
+    state = {'1.weight': torch.zeros(2, 100), '1.bias': torch.zeros(2)}
+    with pytest.raises(CheckpointError) as info:
+        check_coverage(model, state, 'tiny.pth')
+    assert str(info.value).endswith('pass --min-coverage 0.01')
+    # 2 of 1,003,002 parameters: two significant decimals
+    big = nn.Sequential(nn.Linear(1000, 1000), nn.Linear(1000, 2))
+    state = {'1.bias': torch.zeros(2)}
+    with pytest.raises(CheckpointError) as info:
+        check_coverage(big, state, 'bias.pth')
+    assert str(info.value).endswith('pass --min-coverage 0.0000019')
+    assert check_coverage(big, state, 'bias.pth', 0.0000019).loaded == 2
+
+
 def test_describe_hook_is_used(monkeypatch):
     from mmvitmix.utils import checkpoint
     monkeypatch.setattr(checkpoint, '_describe',
