@@ -39,7 +39,7 @@ from mmvitmix.utils.checkpoint import DEFAULT_MIN_COVERAGE
 from mmvitmix.utils.checkpoint import check_coverage as _check_coverage
 from ..converters import unwrap_state_dict
 from ..converters.identify import (backbone_family, check_checkpoint_family,
-                                   check_checkpoint_fits)
+                                   check_checkpoint_variant)
 
 
 def normalize_out_indices(out_indices: Union[int, Sequence[int]],
@@ -513,7 +513,7 @@ class VitMixBackbone(BaseModule):
                 f'{name}: cannot load {source}: {text}') from exc
         state = self.adapt_converted_state(state)
         # another variant of the family: name the arch that fits the file
-        check_checkpoint_fits(name, self.state_dict(), state, source, found)
+        check_checkpoint_variant(name, self.state_dict(), state, source, found)
         coverage = self.check_coverage(state, source, min_coverage, opt_in)
         mismatched = [k for k, _, _ in coverage.mismatched]
         if coverage.mismatched:

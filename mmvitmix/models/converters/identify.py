@@ -541,11 +541,12 @@ def check_checkpoint_family(owner: Optional[str],
     return found
 
 
-def check_checkpoint_fits(owner: str,
-                          model_state: Mapping,
-                          state: Mapping,
-                          source: str,
-                          found: Optional[CheckpointIdentity] = None) -> None:
+def check_checkpoint_variant(
+        owner: str,
+        model_state: Mapping,
+        state: Mapping,
+        source: str,
+        found: Optional[CheckpointIdentity] = None) -> None:
     """Refuse a converted state dict whose tensors do not fit the model.
 
     A tensor of another shape, or blocks beyond the model's depth, mean the
