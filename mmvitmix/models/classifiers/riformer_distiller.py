@@ -17,7 +17,8 @@ In ``mode='loss'`` it runs the teacher (no gradient, eval mode) and the
 student on the same batch, records the inputs and outputs of the paired
 token mixers and the outputs of their blocks through forward hooks, and
 returns the named losses ``loss_kd``, ``loss_mi_in``, ``loss_mi_out``,
-``loss_mi_rel`` (and ``loss`` of the head when ``use_gt=True``). ``predict`` and ``tensor`` are the student's alone.
+``loss_mi_rel`` (and ``loss`` of the head when ``use_gt=True``).
+``predict`` and ``tensor`` are the student's alone.
 
 The teacher is kept outside the module tree: it is not in ``state_dict()``
 (a checkpoint written during distillation is the student's, and loads
