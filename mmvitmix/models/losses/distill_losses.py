@@ -140,14 +140,15 @@ class RelationImitationLoss(nn.Module):
     element-wise mean over the matrix, the batch, then the pairs. The
     teacher features are detached.
 
-    The ``N × N`` matrices are never formed. With ``D = S − T`` (equal
-    widths), ``‖SSᵀ − TTᵀ‖²_F = ⟨DᵀD, SᵀS⟩ + ⟨DᵀD, TᵀT⟩ + 2⟨(DᵀT)ᵀ,
-    DᵀS⟩``: ``C × C`` products only, ``O(N·C²)`` time and memory, and
-    every term is of the order of ``‖D‖²``, so there is no cancellation
-    between large numbers (float32 agrees with the direct float64 form to
-    about 1e-7 even for ``‖D‖/‖T‖ = 1e-4``). For a teacher of another
-    width (token relation only) it uses ``‖SᵀS‖²/C_s² − 2‖SᵀT‖²/(C_s C_t)
-    + ‖TᵀT‖²/C_t²``, computed in float64 because those terms do cancel.
+    With ``D = S − T`` and ``U = S + T`` (equal widths), ``SSᵀ − TTᵀ =
+    (DUᵀ + UDᵀ) / 2``, so the difference is never taken between large
+    numbers (float32 agrees with the float64 form to about 1e-7 even for
+    ``‖D‖/‖T‖ = 1e-4``). The ``N × N`` matrices are formed only where they
+    are the cheaper form (``N < 1.5 C``, later stages); elsewhere
+    ``‖SSᵀ − TTᵀ‖²_F = (⟨DᵀD, UᵀU⟩ + ⟨(DᵀU)ᵀ, DᵀU⟩) / 2``: three ``C × C``
+    products, ``O(N·C²)`` time and memory. For a teacher of another width
+    it uses ``‖SᵀS‖²/C_s² − 2‖SᵀT‖²/(C_s C_t) + ‖TᵀT‖²/C_t²`` (or the
+    formed matrices), computed in float64 because those terms do cancel.
 
     Args:
         relation (str): ``'token'`` or ``'channel'``. Default: ``'token'``.
@@ -184,20 +185,34 @@ class RelationImitationLoss(nn.Module):
             if s.dtype in (torch.float16, torch.bfloat16):
                 s, t = s.float(), t.float()
             t = t.to(s.dtype)
-            if self.relation == 'channel':
-                # R(T) = TᵀT / N is C × C: form it
-                n = s.shape[1]
-                diff = (s.transpose(1, 2) @ s - t.transpose(1, 2) @ t) / n
-                losses.append(diff.pow(2).mean())
-                continue
             n, cs, ct = s.shape[1], s.shape[2], t.shape[2]
             if cs == ct:
-                d = s - t
-                dd = d.transpose(1, 2) @ d
-                sq = ((dd * (s.transpose(1, 2) @ s)).sum((1, 2)) +
-                      (dd * (t.transpose(1, 2) @ t)).sum((1, 2)) +
-                      2 * ((d.transpose(1, 2) @ t).transpose(1, 2) *
-                           (d.transpose(1, 2) @ s)).sum((1, 2))) / (cs * cs)
+                # ssᵀ − ttᵀ = (D uᵀ + u Dᵀ) / 2 with D = s − t, u = s + t
+                # (and sᵀs − tᵀt likewise): no difference of large numbers
+                # in any form below
+                d, u = s - t, s + t
+            if self.relation == 'channel':
+                # R(T) = TᵀT / N is C × C: form it
+                diff = d.transpose(1, 2) @ u
+                diff = (diff + diff.transpose(1, 2)) / (2 * n)
+                losses.append(diff.pow(2).mean())
+                continue
+            if 4 * n < 3 * (cs + ct):
+                # few tokens (N < 1.5 C): the N × N matrices are the cheaper
+                # form, and no larger than the features
+                if cs == ct:
+                    diff = d @ u.transpose(1, 2)
+                    diff = (diff + diff.transpose(1, 2)) / (2 * cs)
+                else:
+                    diff = (s.double() @ s.double().transpose(1, 2) / cs -
+                            t.double() @ t.double().transpose(1, 2) /
+                            ct).to(s.dtype)
+                losses.append(diff.pow(2).mean())
+                continue
+            if cs == ct:
+                du = d.transpose(1, 2) @ u
+                sq = ((d.transpose(1, 2) @ d) * (u.transpose(1, 2) @ u) +
+                      du * du.transpose(1, 2)).sum((1, 2)) / (2 * cs * cs)
             else:
                 s64, t64 = s.double(), t.double()
                 sq = ((s64.transpose(1, 2) @ s64).pow(2).sum((1, 2)) /
