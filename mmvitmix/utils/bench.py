@@ -169,16 +169,24 @@ def build_official_backbone(loader_folder, official_dir, model_name):
     return model, getattr(model, 'forward_features', model)
 
 
-def backbone_step(model, fn, x, train: bool) -> None:
+def backbone_step(model, fn, x, train: bool, amp=None) -> None:
     """One step of a backbone: ``fn(x)`` without grad, or with ``train``
     forward + backward of the sum of its outputs (then the gradients are
-    dropped)."""
+    dropped). ``amp`` (a torch dtype or None): the forward runs under
+    ``torch.autocast`` of ``x``'s device type with it; the backward runs
+    outside autocast. Without ``amp`` no autocast context is entered."""
+    import contextlib
+
     import torch
-    if not train:
-        with torch.no_grad():
-            fn(x)
-        return
-    out = fn(x)
-    outs = out if isinstance(out, (tuple, list)) else [out]
-    sum(o.float().sum() for o in outs).backward()
+    cast = (torch.autocast(x.device.type, dtype=amp)
+            if amp is not None else contextlib.nullcontext())
+    with cast:
+        if not train:
+            with torch.no_grad():
+                fn(x)
+            return
+        out = fn(x)
+        outs = out if isinstance(out, (tuple, list)) else [out]
+        loss = sum(o.float().sum() for o in outs)
+    loss.backward()
     model.zero_grad(set_to_none=True)

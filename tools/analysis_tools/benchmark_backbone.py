@@ -52,9 +52,10 @@ from pathlib import Path
 
 import torch
 
-from mmvitmix.utils.bench import (BACKBONE_MODELS, build_official_backbone,
-                                  device_name, measure_step, memory_cell,
-                                  run_child, time_cell)
+from mmvitmix.utils.bench import (BACKBONE_MODELS, backbone_step,
+                                  build_official_backbone, device_name,
+                                  measure_step, memory_cell, run_child,
+                                  time_cell)
 from mmvitmix.apis import cli
 from mmvitmix.apis.cli import ToolError, run
 
@@ -159,16 +160,7 @@ def measure(args, model_name, size, mode, method, what):
     amp = dict(bf16=torch.bfloat16, fp16=torch.float16).get(args.amp)
 
     def step():
-        with torch.autocast(args.device, dtype=amp, enabled=amp is not None):
-            if not train:
-                with torch.no_grad():
-                    fn(x)
-                return
-            out = fn(x)
-            outs = out if isinstance(out, (tuple, list)) else [out]
-            loss = sum(o.float().sum() for o in outs)
-        loss.backward()
-        model.zero_grad(set_to_none=True)
+        backbone_step(model, fn, x, train, amp)
 
     return measure_step(step, args.device, args.warmup, args.repeats, what)
 
